@@ -1,0 +1,90 @@
+"""Rung 1: train, resume and evaluate from recipes, writing run directories.
+
+>>> import powertrain
+>>> run = powertrain.train("xor", out="/tmp/pt-doctest-xor", callbacks=[])  # doctest: +SKIP
+>>> run.metrics["test"]["accuracy"]  # doctest: +SKIP
+1.0
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+from . import data, models, rundir
+from .engine import Trainer
+from .hardware import environment, resolve_device
+from .recipe import Recipe, load_recipe
+
+
+@dataclass
+class Run:
+    dir: Path
+    recipe: Recipe
+    metrics: dict  # {"test": {...}, "val": {...}} as in eval.json
+    trainer: Trainer
+
+
+def build_trainer(recipe: Recipe, run_dir: Optional[Path], callbacks=None) -> Trainer:
+    """Data, model and Trainer for a recipe, seeded so that the same recipe gives the same bits."""
+    torch.manual_seed(recipe.run.seed)
+    bundle = data.build(recipe.data.model_dump(), seed=recipe.run.seed)
+    model = models.build(recipe.model.model_dump(), bundle.meta)
+    return Trainer(model, bundle, recipe.train, run_dir=run_dir, callbacks=callbacks, seed=recipe.run.seed)
+
+
+def _final_weights(trainer: Trainer, recipe: Recipe) -> None:
+    es = recipe.train.early_stop
+    if es is not None and es.restore_best:
+        trainer.restore_best()
+
+
+def _fit_and_evaluate(trainer: Trainer, recipe: Recipe, run_dir: Path) -> Run:
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted at step {trainer.step}; checkpoint saved in {trainer.last_checkpoint}\n"
+              f"resume with: powertrain resume {run_dir}", file=sys.stderr, flush=True)
+        raise
+    _final_weights(trainer, recipe)
+    results = {s: trainer.evaluate(s) for s in ("test", "val") if getattr(trainer.data, s) is not None}
+    results["stop_reason"] = trainer.stop_reason
+    results["step"] = trainer.step
+    rundir.write_json(run_dir / "eval.json", results)
+    return Run(run_dir, recipe, results, trainer)
+
+
+def train(recipe: str | Path | dict | Recipe = "mnist1d-cnn", overrides: Optional[list[str]] = None,
+          out: Optional[str | Path] = None, callbacks=None) -> Run:
+    """Train a recipe (built-in name, YAML path, dict or Recipe) into a new run directory."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    run_dir = rundir.create(recipe, out, environment(resolve_device(recipe.train.device)))
+    return _fit_and_evaluate(build_trainer(recipe, run_dir, callbacks), recipe, run_dir)
+
+
+def resume(run_dir: str | Path, overrides: Optional[list[str]] = None, callbacks=None) -> Run:
+    """Continue a run from its newest checkpoint; the result equals an uninterrupted run."""
+    path, recipe = rundir.open_run(run_dir, overrides)
+    if overrides:
+        (path / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    trainer = build_trainer(recipe, path, callbacks)
+    trainer.resume()
+    rundir.truncate_metrics(path, trainer.step)
+    return _fit_and_evaluate(trainer, recipe, path)
+
+
+def evaluate(run_dir: str | Path, split: str = "test") -> dict:
+    """Recompute a split's metrics from the run's saved checkpoint."""
+    path, recipe = rundir.open_run(run_dir)
+    trainer = build_trainer(recipe, path, callbacks=[])
+    if not trainer.resume():
+        from .errors import RunDirError
+
+        raise RunDirError(f"'{path}' has no checkpoint yet; finish it with `powertrain resume {path}`")
+    _final_weights(trainer, recipe)
+    return trainer.evaluate(split)

@@ -1,0 +1,90 @@
+"""The device a run trains on, and the precision it can afford there."""
+from __future__ import annotations
+
+import os
+import platform
+from functools import lru_cache
+
+import torch
+
+from .errors import RecipeError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu. An unavailable device is an error, not a fallback."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise RecipeError(f"train.device: '{name}' is not a device; expected auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"train.device: '{name}' requested but no CUDA GPU is visible; use train.device=cpu or auto")
+    return dev
+
+
+@lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX; elsewhere bf16 is emulated, ~150x slower than fp32 matmul."""
+    if platform.machine() in ("arm64", "aarch64"):
+        return "bf16" in cpu_flags()
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 on GPUs that support it (else fp16), bf16 on CPUs with native bf16, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return platform.processor() or "cpu"
+    return device.type
+
+
+def environment(device: torch.device) -> dict:
+    """What env.json records: versions, device and threads."""
+    from . import __version__
+
+    return {
+        "powertrain": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda,
+        "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+    }

@@ -1,0 +1,54 @@
+"""Task metrics through torchmetrics: accuracy, macro precision/recall/F1 and the confusion matrix
+for classification; MSE and MAE for regression. The loss is averaged by the trainer.
+
+>>> import torch
+>>> m = TaskMetrics("multiclass", num_classes=3)
+>>> m.update(torch.tensor([[2.0, 0, 0], [0, 2.0, 0]]), torch.tensor([0, 2]))
+>>> m.compute()["accuracy"]
+0.5
+"""
+from __future__ import annotations
+
+import torch
+import torchmetrics
+from torchmetrics import classification as C
+
+
+class TaskMetrics:
+    def __init__(self, task: str, num_classes: int | None = None):
+        self.task = task
+        if task in ("multiclass", "binary"):
+            n = 2 if task == "binary" else int(num_classes)
+            self.metrics = torchmetrics.MetricCollection({
+                "accuracy": C.MulticlassAccuracy(n, average="micro"),
+                "precision_macro": C.MulticlassPrecision(n, average="macro"),
+                "recall_macro": C.MulticlassRecall(n, average="macro"),
+                "f1_macro": C.MulticlassF1Score(n, average="macro"),
+                "confusion_matrix": C.MulticlassConfusionMatrix(n),
+            })
+        elif task == "regression":
+            self.metrics = torchmetrics.MetricCollection({
+                "mse": torchmetrics.MeanSquaredError(), "mae": torchmetrics.MeanAbsoluteError()})
+        else:
+            self.metrics = None  # reconstruction / language model: loss only
+
+    def update(self, outputs: torch.Tensor, target: torch.Tensor) -> None:
+        if self.metrics is None:
+            return
+        outputs, target = outputs.detach(), target.detach()
+        if self.task == "binary":
+            preds, target = (outputs.reshape(-1) > 0).long(), target.reshape(-1).long()
+        elif self.task == "multiclass":
+            preds = outputs.argmax(dim=-1)
+        else:
+            preds, target = outputs.reshape(target.shape).float(), target.float()
+        self.metrics.to(preds.device).update(preds, target)
+
+    def compute(self) -> dict:
+        if self.metrics is None:
+            return {}
+        out = {}
+        for k, v in self.metrics.compute().items():
+            out[k] = v.tolist() if v.dim() else float(v)
+        self.metrics.reset()
+        return out

@@ -1,0 +1,206 @@
+"""Recipes: a YAML file with sections `data`, `model`, `train`, `run`, validated by pydantic.
+
+>>> from powertrain import load_recipe
+>>> r = load_recipe("xor", ["train.epochs=10"])
+>>> r.train.epochs
+10
+"""
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import RecipeError, closest
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class EarlyStop(Strict):
+    metric: str = "loss"  # a validation metric: loss, accuracy, f1_macro, ...
+    patience: int = Field(5, ge=1)  # evaluations without improvement before stopping
+    min_delta: float = Field(0.0, ge=0)  # smallest change that counts as an improvement
+    restore_best: bool = True  # load the best weights before the final test evaluation
+
+
+class TrainConfig(Strict):
+    """How to train. Steps count optimizer updates; `batch_size` is the batch per update."""
+
+    epochs: int = Field(10, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1)  # stop after this many steps (overrides epochs)
+    batch_size: int = Field(64, ge=1)  # samples per optimizer step (global across ranks)
+    accumulate: int = Field(1, ge=1)  # micro-batches per step; must divide batch_size
+    eval_batch_size: int = Field(1024, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)  # sgd and rmsprop
+    nesterov: bool = False  # sgd only; needs momentum > 0
+    betas: tuple[float, float] = (0.9, 0.999)  # adam and adamw
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "step", "cosine", "cosine_restarts", "onecycle"] = "constant"
+    warmup_steps: int = Field(0, ge=0)  # linear warmup from 0, multiplied onto any schedule
+    step_size: int = Field(1000, ge=1)  # step: decay every step_size steps ...
+    gamma: float = Field(0.1, gt=0, le=1)  # ... by this factor
+    min_lr: float = Field(0.0, ge=0)  # cosine and cosine_restarts floor
+    restart_steps: int = Field(1000, ge=1)  # cosine_restarts: length of the first cycle
+    restart_mult: int = Field(1, ge=1)  # cosine_restarts: cycle length multiplier
+    pct_start: float = Field(0.3, gt=0, lt=1)  # onecycle: fraction of steps rising
+    grad_clip: Optional[float] = Field(None, gt=0)  # max global grad norm
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    eval_every_epochs: int = Field(1, ge=1)
+    eval_every_steps: Optional[int] = Field(None, ge=1)  # if set, evaluate by steps instead
+    early_stop: Optional[EarlyStop] = None
+    log_every: int = Field(50, ge=1)  # steps between metrics.jsonl lines and progress updates
+    checkpoint_every_steps: Optional[int] = Field(None, ge=1)  # besides one at every evaluation
+    keep_checkpoints: int = Field(2, ge=1)  # newest step checkpoints kept on disk
+
+
+class RunConfig(Strict):
+    seed: int = 0  # model init, data order and splits; same seed on CPU -> same bits
+    out: Optional[str] = None  # run directory; default runs/<recipe>-<timestamp>
+
+
+class Section(BaseModel):
+    """`model:` or `data:`: a registered `name` plus that entry's own options (checked separately)."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    name: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Recipe(Strict):
+    name: str = "custom"
+    description: str = ""
+    data: Section
+    model: Section
+    train: TrainConfig = TrainConfig()
+    run: RunConfig = RunConfig()
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------- errors
+def _fields_at(model: type[BaseModel], path: tuple) -> Optional[list[str]]:
+    """Field names of the (nested) pydantic model found at `path`, if any."""
+    for key in path:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        if get_origin(ann) is Union:  # Optional[Sub]
+            ann = next((a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return list(model.model_fields)
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """One line: `train.lr: expected a number > 0, got -1` for each problem, joined by '; '."""
+    parts = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not str(x).startswith("function-"))
+        key = ".".join(str(x) for x in ((prefix,) if prefix else ()) + loc)
+        if e["type"] == "extra_forbidden":
+            allowed = _fields_at(model, loc[:-1]) or []
+            hint = closest(loc[-1], allowed)
+            parts.append(f"{key}: unknown key{hint}; allowed keys: {', '.join(allowed)}")
+        elif e["type"] == "missing":
+            parts.append(f"{key}: required key is missing; add it to the recipe")
+        else:
+            msg = e["msg"].replace("Input should be", "expected").replace("Value error, ", "")
+            parts.append(f"{key}: {msg}, got {e['input']!r}")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------- loading
+def builtin_recipes() -> dict[str, Path]:
+    """Name -> path of each recipe shipped in the package."""
+    folder = resources.files("powertrain") / "recipes"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def _read(source: str | Path) -> dict:
+    path = Path(source)
+    if not path.suffix:
+        known = builtin_recipes()
+        if str(source) not in known:
+            raise RecipeError(
+                f"recipe '{source}': not a built-in recipe{closest(str(source), known)} and not a file; "
+                f"run `powertrain recipes` to list them, or pass a path to a .yaml file"
+            )
+        path = known[str(source)]
+    if not path.is_file():
+        raise RecipeError(f"recipe file '{path}': not found; pass an existing .yaml path or a built-in name")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise RecipeError(f"recipe file '{path}': invalid YAML{line}; check indentation and colons") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe file '{path}': expected a mapping with sections data, model, train, run")
+    raw.setdefault("name", path.stem)
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` overrides; values are parsed as YAML (`3e-3`, `[64, 32]`, `true`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override '{item}': expected key.path=value, e.g. train.lr=3e-3")
+        key, _, text = item.partition("=")
+        value = yaml.safe_load(text) if text.strip() else None
+        if isinstance(value, str):  # YAML 1.1 reads '3e-3' as a string
+            try:
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                pass
+        node, parts = raw, key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.setdefault(part, {})
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise RecipeError(f"override '{item}': {'.'.join(parts[: i + 1])} is a value, not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def parse_recipe(raw: dict) -> Recipe:
+    """Validate a recipe dict, including the registered model and data options."""
+    from . import data, models  # late import: registries fill on import
+
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(format_validation_error(err, Recipe)) from None
+    models.MODELS.options(recipe.model.model_dump())
+    data.DATASETS.options(recipe.data.model_dump())
+    tc = recipe.train
+    if tc.batch_size % tc.accumulate:
+        raise RecipeError(
+            f"train.accumulate: {tc.accumulate} must divide train.batch_size ({tc.batch_size}); "
+            f"pick a divisor such as {max(d for d in range(1, tc.accumulate + 1) if tc.batch_size % d == 0)}"
+        )
+    if tc.nesterov and (tc.optimizer != "sgd" or tc.momentum == 0):
+        raise RecipeError("train.nesterov: needs train.optimizer=sgd and train.momentum > 0")
+    return recipe
+
+
+def load_recipe(source: str | Path | dict, overrides: list[str] | None = None) -> Recipe:
+    """Load a built-in recipe by name, a YAML file, or a dict; then apply dotted overrides."""
+    raw = copy.deepcopy(source) if isinstance(source, dict) else _read(source)
+    return parse_recipe(apply_overrides(raw, list(overrides or [])))

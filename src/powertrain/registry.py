@@ -1,0 +1,65 @@
+"""A name -> (builder, options schema) registry, shared by models and datasets.
+
+Each entry registers a pydantic class for its own options, so a recipe's `model:` or `data:`
+section is checked key by key, with the same one-line errors as the rest of the recipe.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import RecipeError, closest
+
+
+class Options(BaseModel):
+    """Base for registered options: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    build: Callable[..., Any]
+    options: type[Options]
+    doc: str
+
+
+class Registry:
+    def __init__(self, section: str):
+        self.section = section  # "model" or "data": the recipe section these entries fill
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, options: type[Options] = Options):
+        """Decorator: `@MODELS.register("mlp", MLPOptions)` over `def build(opts, meta) -> nn.Module`."""
+
+        def deco(fn):
+            doc = (fn.__doc__ or "").strip().splitlines()
+            self._entries[name] = Entry(name, fn, options, doc[0] if doc else "")
+            return fn
+
+        return deco
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Entry:
+        if name not in self._entries:
+            raise RecipeError(
+                f"{self.section}.name: unknown {self.section} '{name}'{closest(name, self._entries)}; "
+                f"expected one of: {', '.join(self.names())}"
+            )
+        return self._entries[name]
+
+    def options(self, section: dict) -> Options:
+        """Validate a recipe section (a dict with `name` plus the entry's own keys)."""
+        from .recipe import format_validation_error  # late: recipe imports this module
+
+        raw = dict(section)
+        entry = self.get(raw.pop("name"))
+        try:
+            return entry.options.model_validate(raw)
+        except ValidationError as err:
+            raise RecipeError(format_validation_error(err, entry.options, prefix=self.section)) from None
