@@ -77,7 +77,11 @@ class Trainer:
         return self.forward_model(batch[0])
 
     def compute_loss(self, batch: tuple, outputs) -> torch.Tensor:
-        """Mean loss of a batch; the default follows the dataset's task."""
+        """Mean loss of a batch: the model's own `compute_loss(batch, outputs)` if it has one
+        (e.g. a VAE's ELBO), else the default for the dataset's task."""
+        own = getattr(self.model, "compute_loss", None)
+        if own is not None:
+            return own(batch, outputs)
         y = batch[-1]
         if self.task == "multiclass":
             return F.cross_entropy(outputs, y)
