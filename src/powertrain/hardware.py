@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import warnings
 from functools import lru_cache
 
 import torch
@@ -47,14 +48,20 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 on GPUs that support it (else fp16), bf16 on CPUs with native bf16, else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return "bf16"
-    return "fp32"
+    """'auto' -> bf16 on GPUs that support it, fp16 (with a GradScaler) on older GPUs, fp32 on CPU.
+
+    On CPU, 'auto' stays fp32 even where bf16 is native (AVX512-BF16, AMX): autocast there pays
+    only for large matmuls and changes the numbers; ask for `bf16` explicitly to use it. Asking for
+    a half type that this CPU only emulates (~150x slower than fp32) runs, with a warning.
+    """
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if device.type == "cpu" and (precision == "fp16" or (precision == "bf16" and not cpu_has_native_bf16())):
+        warnings.warn(f"train.precision={precision}: this CPU emulates {precision} (much slower than fp32); "
+                      f"use train.precision=fp32 unless you are testing numerics", stacklevel=2)
+    return precision
 
 
 def device_name(device: torch.device) -> str:

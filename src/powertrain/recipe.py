@@ -120,7 +120,7 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], prefix
             parts.append(f"{key}: required key is missing; add it to the recipe")
         else:
             msg = e["msg"].replace("Input should be", "expected").replace("Value error, ", "")
-            parts.append(f"{key}: {msg}, got {e['input']!r}")
+            parts.append(f"{key}: {msg}, got {e['input']!r}" if loc else f"{key}: {msg}")
     return "; ".join(parts)
 
 

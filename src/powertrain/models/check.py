@@ -5,6 +5,8 @@ no state (BatchNorm statistics stay as they are).
 """
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -55,8 +57,12 @@ def dry_run(model: nn.Module, sample: torch.Tensor):
         last = trace[-1] if trace else ("input", _shape(sample), _shape(sample))
         names = [n for n, _ in leaves]
         nxt = names[names.index(last[0]) + 1] if last[0] in names[:-1] else None
-        hint = f"; the next layer '{nxt}' expects {_expects(by_name[nxt])}" if nxt else ""
-        raise ShapeError(f"{cls}: after layer '{last[0]}' with output shape {last[2]}{hint} ({reason})") from None
+        size = re.search(r"invalid for input of size (\d+)", reason)
+        has = f"{int(size.group(1)) // batch} values per sample" if size else f"shape {last[2]}"
+        if nxt:
+            raise ShapeError(f"{cls}: layer '{nxt}' expects {_expects(by_name[nxt])}, but after layer "
+                             f"'{last[0]}' the data has {has} ({reason})") from None
+        raise ShapeError(f"{cls}: after layer '{last[0]}' the data has {has} ({reason})") from None
     finally:
         for h in hooks:
             h.remove()
