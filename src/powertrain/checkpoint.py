@@ -42,8 +42,9 @@ def save(ckpt_dir: Path, step: int, model: torch.nn.Module, state: dict, keep: i
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"{PREFIX}{step:08d}"
     if not final.exists():  # the same step saved twice holds the same state
+        for stale in ckpt_dir.glob(".tmp-*"):  # left by a write that was killed; never loaded
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = ckpt_dir / f".tmp-{step:08d}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         save_model(model, str(tmp / "model.safetensors"))
         torch.save({**state, "step": step}, tmp / "state.pt")

@@ -20,7 +20,10 @@ def _print_results(run) -> None:
 def cmd_train(args) -> int:
     from .api import train
 
-    _print_results(train(args.recipe, args.overrides, out=args.out))
+    recipe, overrides = args.recipe, list(args.overrides)
+    if "=" in recipe:  # `powertrain train train.lr=1e-3`: an override of the default recipe
+        recipe, overrides = "mnist1d-cnn", [recipe, *overrides]
+    _print_results(train(recipe, overrides, out=args.out))
     return 0
 
 
