@@ -63,6 +63,8 @@ class Trainer:
         self._autocast = (contextlib.nullcontext if self.precision == "fp32" else
                           lambda: torch.autocast(self.device.type, dtype=DTYPES[self.precision]))
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.callbacks = [Progress()] if callbacks is None else list(callbacks)
         self.step = 0  # optimizer steps done; epoch and position within it derive from it
         self.stop_reason: Optional[str] = None

@@ -10,12 +10,13 @@ for classification; MSE and MAE for regression. The loss is averaged by the trai
 from __future__ import annotations
 
 import torch
-import torchmetrics
-from torchmetrics import classification as C
 
 
 class TaskMetrics:
     def __init__(self, task: str, num_classes: int | None = None):
+        import torchmetrics  # ~1 s to import: only when metrics are needed
+        from torchmetrics import classification as C
+
         self.task = task
         if task in ("multiclass", "binary"):
             n = 2 if task == "binary" else int(num_classes)
