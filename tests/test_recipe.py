@@ -105,3 +105,14 @@ def test_cli_lists_recipes():
     assert p.returncode == 0
     lines = p.stdout.strip().splitlines()
     assert any(line.startswith("mnist1d-cnn") for line in lines) and len(lines) == len(builtin_recipes())
+
+
+def test_reference_doc_lists_every_key():
+    from pathlib import Path
+
+    from powertrain.recipe import EarlyStop, RunConfig, TrainConfig
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
+    for cls in (TrainConfig, RunConfig, EarlyStop):
+        for key in cls.model_fields:
+            assert key in doc, f"docs/recipes.md does not document {cls.__name__}.{key}"
