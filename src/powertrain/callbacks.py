@@ -32,7 +32,7 @@ class Progress(Callback):
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
-        self.bar = None
+        self.bar, self.start_step = None, None
 
     def on_fit_start(self, trainer) -> None:
         self.start_step, self.t0 = trainer.step, time.perf_counter()
@@ -58,6 +58,8 @@ class Progress(Callback):
               file=self.stream, flush=True)
 
     def on_eval_end(self, trainer, split: str, metrics: dict) -> None:
+        if self.start_step is None:  # evaluations outside fit() are the caller's to print
+            return
         text = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         line = f"step {trainer.step}  {split}: {text}"
         if self.bar is not None:
@@ -66,6 +68,7 @@ class Progress(Callback):
             print(line, file=self.stream, flush=True)
 
     def on_fit_end(self, trainer) -> None:
+        self.start_step = None
         if self.bar is not None:
             self.bar.update(self.task, completed=trainer.step)
             self.bar.stop()
