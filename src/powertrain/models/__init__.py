@@ -42,4 +42,4 @@ def build(spec: dict, meta: DataMeta) -> nn.Module:
     return model
 
 
-from . import cnn, gpt, mlp, resnet, rnn, transformer  # noqa: E402,F401  (register the built-in models)
+from . import autoencoder, cnn, gpt, mlp, resnet, rnn, transformer  # noqa: E402,F401  (register the built-in models)
