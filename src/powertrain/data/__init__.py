@@ -157,4 +157,4 @@ def build(section: dict, seed: int = 0) -> DataBundle:
     return entry.build(DATASETS.options(section), seed)
 
 
-from . import mnist1d, tabular  # noqa: E402,F401  (register the built-in datasets)
+from . import augment, csvdata, images, mnist1d, tabular, text  # noqa: E402,F401  (register the built-in datasets)
