@@ -302,7 +302,8 @@ def read_cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
 _NUMPY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                   ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
                   ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                  ("numpy", "ndarray"), ("numpy", "dtype")}
+                  ("numpy", "ndarray"), ("numpy", "dtype"),
+                  ("_codecs", "encode")}  # how protocol-2 pickles written by Python 3 store bytes
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
@@ -311,7 +312,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in _NUMPY_GLOBALS:
-            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed (numpy arrays only)")
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed (numpy arrays and plain data only)")
         if module.startswith("numpy.core.") and hasattr(np, "_core"):
             module = "numpy._core." + module.split(".", 2)[2]  # numpy 2 renamed numpy.core
         return getattr(importlib.import_module(module), name)
@@ -385,14 +386,14 @@ class ImageFolderOptions(ImageOptions):
     test_fraction: float = Field(0.2, gt=0, lt=1)  # held out as test when there is no test/ subfolder
 
 
-def _visible(p: Path) -> bool:
-    return not p.name.startswith(".") and p.name != "__pycache__"
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name != "__pycache__"
 
 
 def _class_files(root: Path) -> dict[str, list[Path]]:
     """{class name: sorted image files} for the class subfolders of `root` (nested folders included)."""
     classes = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and _visible(p)):
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and _visible(p.name)):
         files = sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
                        and all(_visible(part) for part in f.relative_to(d).parts))
         if not files:
@@ -420,7 +421,7 @@ def load_image(path: Path, size: tuple[int, int], channels: int, fit: str) -> np
                 im = im.crop((left, top, left + cw, top + ch))
             if im.size != (w, h):
                 im = im.resize((w, h), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+            arr = np.array(im, dtype=np.uint8)  # a writable copy
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot be read as an image ({err}); remove or replace the file") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
