@@ -46,6 +46,18 @@ class ImageOptions(DataOptions):
 
 
 # ---------------------------------------------------------------- the split: uint8 on the device
+def u8_to_float(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, identity: bool) -> torch.Tensor:
+    """uint8 -> float32 `(u8 / 255 - mean) / std`, `mean`/`std` broadcastable per channel: exactly u8 / 255
+    when `identity` (mean 0, std 1), else one fused multiply-add (the same bits on every path)."""
+    if identity:
+        return images.float().div_(255)
+    return torch.addcmul(-mean / std, images.float(), 1 / (255 * std))
+
+
+def _is_identity(mean, std) -> bool:
+    return bool((np.asarray(mean) == 0).all() and (np.asarray(std) == 1).all())
+
+
 class ImageSplit:
     """Images as uint8 (N, C, H, W) plus labels; each batch is `((u8 / 255 - mean) / std, labels)` in float32.
 
@@ -57,7 +69,7 @@ class ImageSplit:
         assert images.dtype == torch.uint8 and images.dim() == 4 and len(images) == len(labels)
         self.images, self.labels = images, labels
         self.mean, self.std = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
-        self._identity = bool((self.mean == 0).all() and (self.std == 1).all())
+        self.identity = _is_identity(mean.cpu(), std.cpu())  # once here, not a device sync per batch
 
     def __len__(self) -> int:
         return len(self.images)
@@ -65,33 +77,29 @@ class ImageSplit:
     def to(self, device) -> "ImageSplit":
         return ImageSplit(self.images.to(device), self.labels.to(device), self.mean.to(device), self.std.to(device))
 
-    def to_float(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div_(255)
-        return x if self._identity else x.sub_(self.mean).div_(self.std)
-
     def batches(self, order: torch.Tensor, batch_size: int, start: int = 0) -> Iterator[tuple]:
         order = order.to(self.images.device)
         for i in range(start * batch_size, len(order), batch_size):
             idx = order[i : i + batch_size]
-            yield self.to_float(self.images[idx]), self.labels[idx]
+            yield u8_to_float(self.images.index_select(0, idx), self.mean, self.std, self.identity), self.labels[idx]
 
     @property
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.to_float(self.images), self.labels
+        return u8_to_float(self.images, self.mean, self.std, self.identity), self.labels
 
 
 class _ImageDataset(Dataset):
     """The same conversion per sample, for `in_memory: false` (a DataLoader with workers)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, mean: np.ndarray, std: np.ndarray):
-        self.images, self.labels = images, labels
+        self.images, self.labels, self.identity = images, labels, _is_identity(mean, std)
         self.mean, self.std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i):
-        x = torch.from_numpy(self.images[i]).float().div_(255).sub_(self.mean).div_(self.std)
+        x = u8_to_float(torch.from_numpy(self.images[i]), self.mean, self.std, self.identity)
         return x, torch.tensor(int(self.labels[i]))
 
 
@@ -253,10 +261,12 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Ankle boot"]
 
 
-def _idx_dataset(name: str, defaults: Sequence[Path], how_to_get: str, class_names: list[str]):
+def _idx_dataset(name: str, defaults, how_to_get, class_names: list[str]):
+    """A builder for one IDX dataset; `defaults()` and `how_to_get()` are read at build time ($POWERTRAIN_DATA)."""
+
     def build(opts: ImageOptions, seed: int) -> DataBundle:
         has_train = lambda d: _find_idx(d, IDX_FILES["train"][0]) is not None  # noqa: E731
-        directory = _pick_dir(name, opts.path, defaults, has_train, how_to_get)
+        directory = _pick_dir(name, opts.path, defaults(), has_train, how_to_get())
         train, test = load_idx_pair(directory, "train", name), load_idx_pair(directory, "test", name)
         return _finish(train, test, class_names, opts, seed, {"path": str(directory)})
 
@@ -264,17 +274,15 @@ def _idx_dataset(name: str, defaults: Sequence[Path], how_to_get: str, class_nam
     return build
 
 
-_FASHION_DIRS = [Path("/usr/share/datasets/fashion-mnist"), data_root() / "fashion-mnist"]
-_MNIST_DIRS = [data_root() / "mnist", Path("/usr/share/datasets/mnist")]
 _FOUR = "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz"
 DATASETS.register("fashion-mnist", ImageOptions)(_idx_dataset(
-    "fashion-mnist", _FASHION_DIRS,
-    f"install them with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four IDX files "
-    f"({_FOUR}) in a directory and set data.path to it", FASHION_CLASSES))
+    "fashion-mnist", lambda: [Path("/usr/share/datasets/fashion-mnist"), data_root() / "fashion-mnist"],
+    lambda: (f"install them with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four "
+             f"IDX files ({_FOUR}) in a directory and set data.path to it"), FASHION_CLASSES))
 DATASETS.register("mnist", ImageOptions)(_idx_dataset(
-    "mnist", _MNIST_DIRS,
-    f"put the four MNIST IDX files ({_FOUR}) in {_MNIST_DIRS[0]} (or any directory, and set data.path to it)",
-    [str(i) for i in range(10)]))
+    "mnist", lambda: [data_root() / "mnist", Path("/usr/share/datasets/mnist")],
+    lambda: (f"put the four MNIST IDX files ({_FOUR}) in {data_root() / 'mnist'} (or any directory, and set "
+             f"data.path to it)"), [str(i) for i in range(10)]))
 
 
 # ---------------------------------------------------------------- CIFAR-10
@@ -431,15 +439,15 @@ class _FolderDataset(Dataset):
     """Decode lazily, for `in_memory: false`: one file per sample, in DataLoader workers."""
 
     def __init__(self, files, labels, size, channels, fit, mean, std):
-        self.files, self.labels, self.args = files, labels, (size, channels, fit)
+        self.files, self.labels, self.args, self.identity = files, labels, (size, channels, fit), _is_identity(mean, std)
         self.mean, self.std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i):
-        x = torch.from_numpy(load_image(self.files[i], *self.args)).float().div_(255)
-        return x.sub_(self.mean).div_(self.std), torch.tensor(int(self.labels[i]))
+        x = u8_to_float(torch.from_numpy(load_image(self.files[i], *self.args)), self.mean, self.std, self.identity)
+        return x, torch.tensor(int(self.labels[i]))
 
 
 STATS_SAMPLES = 2000  # lazy folders: normalisation statistics from at most this many train images
