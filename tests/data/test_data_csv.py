@@ -32,6 +32,7 @@ def messy(tmp_path, n=40):
         rows.append([i, size, colour, ["yes", "no"][i % 2]])
     rows += [rows[0], rows[1], rows[1]]  # 3 duplicates
     rows += [[100, "1.0", "red", ""], [101, "2.0", "blue", "?"]]  # 2 without a label
+    rows[9][1] = "-inf"  # a non-finite number counts as missing (i = 9 has neither gap otherwise)
     return write_csv(tmp_path / "messy.csv", ["id", "size", "colour", "label"], rows), rows
 
 
@@ -40,9 +41,9 @@ def test_report_counts_each_reason(tmp_path):
     b = data.build({"name": "csv", "path": str(path), "target": "label"}, seed=0)
     r = b.meta.extra["report"]
     assert r["rows_read"] == 45
-    assert r["dropped"] == {"missing target": 2, "duplicate": 3, "missing feature value": 6 + 4 - 1}
-    assert r["rows_kept"] == 45 - 2 - 3 - 9 == len(b.train) + len(b.val) + len(b.test)
-    assert r["missing_cells"] == {"size": 6, "colour": 4}
+    assert r["dropped"] == {"missing target": 2, "duplicate": 3, "missing feature value": 7 + 4 - 1}
+    assert r["rows_kept"] == 45 - 2 - 3 - 10 == len(b.train) + len(b.val) + len(b.test)
+    assert r["missing_cells"] == {"size": 7, "colour": 4}
     assert r["columns"]["categorical"] == ["colour"] and r["columns"]["numeric"] == ["id", "size"]
     assert b.meta.class_names == ["no", "yes"] and b.meta.task == "multiclass"
     assert b.meta.extra["feature_names"] == ["id", "size", "colour=blue", "colour=green", "colour=red"]
@@ -60,13 +61,13 @@ def test_imputation_and_scaling_use_train_rows_only(tmp_path):
     assert "missing feature value" not in r["dropped"] and r["rows_kept"] == 40  # filled, not dropped
     x, _ = all_of(b.train)
     ids = x[:, 0].long().tolist()
-    train_sizes = [float(rows[i][1]) for i in ids if rows[i][1] != ""]
+    train_sizes = [float(rows[i][1]) for i in ids if rows[i][1] not in ("", "-inf")]
     assert r["imputed"]["size"]["value"] == pytest.approx(np.mean(train_sizes))
     assert r["imputed"]["colour"]["strategy"] == "most_frequent"
     for split in (b.train, b.val, b.test):  # filled cells hold the train mean, in every split
         xs, _ = all_of(split)
         for row in xs:
-            if rows[int(row[0])][1] == "":
+            if rows[int(row[0])][1] in ("", "-inf"):
                 assert row[1].item() == pytest.approx(np.mean(train_sizes), rel=1e-6)
     assert torch.all(x[:, 2:].sum(1) == 1)  # one-hot: exactly one colour each (the gap filled too)
     s = data.build({**opts, "normalize": True}, seed=1)

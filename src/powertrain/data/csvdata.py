@@ -28,6 +28,7 @@ from ..errors import DataError, closest
 from . import DATASETS, DataMeta, DataOptions, holdout, make_bundle
 
 MISSING = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?"]
+INFINITE = {"inf", "infinity"}  # with any sign and case: counted as missing too
 
 
 class CsvOptions(DataOptions):
@@ -91,7 +92,8 @@ def read_csv(path: Path, delimiter: str, na_values: set[str]) -> tuple[list[str]
                 if len(row) != len(header):
                     raise DataError(f"{path}:{reader.line_num}: {len(row)} fields, but the header has {len(header)}; "
                                     f"fix the row (quote fields holding '{delimiter}') or set data.delimiter")
-                rows.append([None if c.strip() in na_values else c.strip() for c in row])
+                cells = [c.strip() for c in row]
+                rows.append([None if c in na_values or c.lower().lstrip("+-") in INFINITE else c for c in cells])
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save the file as UTF-8") from None
     except csv.Error as err:
