@@ -41,7 +41,7 @@ def test_channels_first_is_transposed_into_a_sequence():
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-@pytest.mark.parametrize("pool", ["last", "mean", "max"])
+@pytest.mark.parametrize("pool", ["last", "mean", "max", "flatten"])
 def test_summary_matches_the_raw_recurrent_outputs(cell, pool):
     net = rnn((1, 12), cell=cell, bidirectional=True, layers=2, pool=pool)
     x = torch.randn(3, 1, 12)
@@ -51,6 +51,8 @@ def test_summary_matches_the_raw_recurrent_outputs(cell, pool):
         summary = torch.cat([out[:, -1, :H], out[:, 0, H:]], dim=1)
     elif pool == "mean":
         summary = out.mean(1)
+    elif pool == "flatten":  # step 0's [forward, backward], then step 1's, ...
+        summary = torch.cat([out[:, t] for t in range(12)], dim=1)
     else:
         summary = out.max(1).values
     torch.testing.assert_close(net(x), net.head(summary))
@@ -70,6 +72,12 @@ def test_padding_at_the_end_changes_nothing(pool):
     without_pad = rnn((7,), {"vocab_size": 20, "input_dtype": torch.long}, pool=pool, bidirectional=True, embed_dim=6)
     without_pad.load_state_dict(padded_net.state_dict())
     assert not torch.allclose(without_pad(padded), short_net(short))  # unpacked, the pads would count
+
+
+def test_mnist1d_papers_gru_size():
+    # greydanus/mnist1d GRUBase: bidirectional GRU, hidden 6, Linear over all 40 steps' outputs -> 10
+    net = models.build({"name": "rnn", "hidden": 6, "bidirectional": True, "pool": "flatten"}, DataMeta((1, 40), "multiclass", 10))
+    assert models.count_params(net) == 2 * 3 * (6 * 1 + 6 * 6 + 2 * 6) + (2 * 6 * 40 * 10 + 10) == 5134
 
 
 def test_image_rows_as_sequence():

@@ -11,8 +11,9 @@ shared with the transformer):
     (C, H, W)             -> H steps (image rows) of C*W features
 
 The sequence is summarised by the last hidden state of the last layer (forward and backward states
-concatenated when bidirectional), or by the mean or max of the outputs over time, and a Linear maps
-that summary to the outputs. Padded token sequences are packed, so padding changes no result.
+concatenated when bidirectional), by the mean or max of the outputs over time, or by all the outputs
+side by side (`flatten`, as the MNIST-1D paper's GRU: bidirectional, hidden 6, 5,134 parameters), and a
+Linear maps that summary to the outputs. Padded token sequences are packed, so padding changes no result.
 
 >>> from powertrain import models
 >>> from powertrain.data import DataMeta
@@ -91,7 +92,8 @@ class RNNOptions(Options):
     hidden: int = Field(128, ge=1)  # hidden state size per direction
     layers: int = Field(1, ge=1)  # stacked recurrent layers
     bidirectional: bool = False
-    pool: Literal["last", "mean", "max"] = "last"  # summary of the sequence: last hidden state, or mean/max over time
+    pool: Literal["last", "mean", "max", "flatten"] = "last"  # summary of the sequence: the last hidden state,
+    #     the mean or max of the outputs over time, or all outputs side by side (fixed length; mnist1d's GRU)
     dropout: float = Field(0.0, ge=0, lt=1)  # between recurrent layers and before the classifier
     embed_dim: int = Field(64, ge=1)  # embedding size, for integer token inputs only
     channels_first: bool = True  # rank-2 samples are (C, L), as for Conv1d; false: (L, F)
@@ -106,7 +108,8 @@ class RNNClassifier(nn.Module):
         self.rnn = Cell(self.input.n_features, opts.hidden, opts.layers, batch_first=True,
                         dropout=opts.dropout if opts.layers > 1 else 0.0, bidirectional=opts.bidirectional)
         self.drop = nn.Dropout(opts.dropout)
-        self.head = nn.Linear(opts.hidden * self.directions, output_size(meta))
+        steps = self.input.seq_len if opts.pool == "flatten" else 1
+        self.head = nn.Linear(opts.hidden * self.directions * steps, output_size(meta))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, *input_shape) -> (B, outputs)
         keep = self.input.keep(x)  # (B, L) or None
@@ -121,6 +124,8 @@ class RNNClassifier(nn.Module):
         if self.pool == "last":
             h = h[0] if isinstance(h, tuple) else h
             summary = h[-self.directions:].transpose(0, 1).reshape(B, -1)  # last layer, [forward, backward]
+        elif self.pool == "flatten":
+            summary = out.flatten(1)  # (B, L * D*H); padding steps are zeros
         elif self.pool == "mean":
             summary = out.mean(1) if keep is None else out.sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
         else:
