@@ -82,11 +82,11 @@ def char_ids(text: str) -> tuple[np.ndarray, list[str]]:
     """Code points of `text` as ids into its sorted set of characters: (ids, itos). O(n), no Python loop."""
     cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     if cps.size == 0:
-        return np.zeros(0, np.int64), []
+        return np.zeros(0, np.int32), []
     present = np.zeros(int(cps.max()) + 1, dtype=bool)
     present[cps] = True
     chars = np.flatnonzero(present)
-    lut = np.zeros(len(present), dtype=np.int64)
+    lut = np.zeros(len(present), dtype=np.int32)
     lut[chars] = np.arange(len(chars))
     return lut[cps], [chr(c) for c in chars]
 
