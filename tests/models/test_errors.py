@@ -26,7 +26,7 @@ def trainer_for(spec, built_for, data_shape, task="multiclass"):
     ({"name": "rnn", "hidden": 8}, (1, 40), (3, 40),
      r"RNNClassifier: layer 'rnn' got input of shape \(2, 40, 3\) but expects input_size=1"),
     ({"name": "transformer", "d_model": 8, "n_head": 2}, (1, 40), (3, 40),
-     r"TransformerClassifier: layer 'proj' got input of shape \(2, 40, 3\) but expects in_features=1"),
+     r"TransformerClassifier: layer 'proj' got input of shape \(2, 3, 40\) but expects in_channels=1"),
     ({"name": "transformer", "d_model": 8, "n_head": 2}, (1, 40), (1, 60),
      r"layer 'positions' holds max_len=40 steps, but the input \(2, 1, 60\) has 60"),
     ({"name": "rnn", "hidden": 8}, (1, 40), (40,),

@@ -64,6 +64,21 @@ def test_padding_at_the_end_changes_nothing(pool):
     assert not torch.allclose(unmasked(padded), short_net(short))  # without the mask the pads would count
 
 
+@pytest.mark.parametrize("patch,stride,tokens", [(1, None, 40), (4, None, 10), (4, 2, 19), (5, 3, 12)])
+def test_patches_of_steps_become_tokens(patch, stride, tokens):
+    net = encoder((2, 40), patch=patch, patch_stride=stride, positions="learned")
+    assert net.wpe.num_embeddings == tokens
+    seen = []
+    net.blocks[0].register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    x = torch.randn(3, 2, 40)
+    assert net(x).shape == (3, 5) and seen == [(3, tokens, 16)]
+    # token t embeds steps [t*stride, t*stride + patch) of every channel: a Linear over that window
+    s = stride or patch
+    window = x[:, :, s : s + patch].flatten(1)  # token 1, channel-major as the conv weight
+    expected = window @ net.proj.weight.flatten(1).T + net.proj.bias
+    torch.testing.assert_close(net.proj(x)[:, :, 1], expected)
+
+
 def test_positions_make_order_matter():
     x = torch.randn(2, 1, 10)
     net = encoder((1, 10))

@@ -1,7 +1,8 @@
 """Transformer encoder classifier, and the pre-norm block that the GPT (gpt.py) shares.
 
     input:     SequenceInput (see rnn.py): (C, L) signals -> L steps of C features, (L,) tokens -> L tokens
-    embed:     Linear(features -> d_model) for signals, Embedding(vocab -> d_model) for tokens
+    embed:     signals: Conv1d(features -> d_model, kernel=patch, stride=patch_stride), one token per patch
+               of steps (patch 1: each step is a token); tokens: Embedding(vocab -> d_model)
                [+ a learned CLS token in front] + positions (sinusoidal, or learned)
     blocks:    n_layer x  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))          (pre-norm, as GPT-2)
     head:      ln_f -> mean over the steps (padding excluded), or the CLS step -> Linear(d_model -> outputs)
@@ -114,8 +115,10 @@ class TransformerOptions(Options):
     bias: bool = True  # bias in Linears and LayerNorms
     positions: Literal["sinusoidal", "learned"] = "sinusoidal"
     pool: Literal["mean", "cls"] = "mean"  # classify the mean of the steps, or a learned CLS token put in front
-    max_len: Optional[int] = Field(None, ge=1)  # longest sequence accepted; None: the dataset's length
+    max_len: Optional[int] = Field(None, ge=1)  # longest sequence accepted, in input steps; None: the dataset's length
     channels_first: bool = True  # rank-2 samples are (C, L), as for Conv1d; false: (L, F)
+    patch: int = Field(1, ge=1)  # signals: input steps per token (ViT-style patches); 1: every step is a token
+    patch_stride: Optional[int] = Field(None, ge=1)  # steps between patches; None: = patch (no overlap)
 
     @model_validator(mode="after")
     def _heads_divide(self):
@@ -129,10 +132,14 @@ class TransformerClassifier(nn.Module):
         super().__init__()
         d = opts.d_model
         self.input = SequenceInput(meta, opts.channels_first, embed_dim=d)  # tokens: Embedding(vocab, d)
-        self.proj = None if self.input.tokens else nn.Linear(self.input.n_features, d)  # signals: features -> d
+        if self.input.tokens and opts.patch != 1:
+            raise ShapeError(f"transformer: patch={opts.patch} groups signal steps, but this data is tokens; set model.patch: 1")
+        self.proj = None if self.input.tokens else nn.Conv1d(  # signals: each patch of steps -> d
+            self.input.n_features, d, kernel_size=opts.patch, stride=opts.patch_stride or opts.patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, d)) if opts.pool == "cls" else None
         self.max_len = opts.max_len or self.input.seq_len
-        n_pos = self.max_len + (self.cls is not None)
+        n_tokens = self.max_len if self.proj is None else (self.max_len - opts.patch) // self.proj.stride[0] + 1
+        n_pos = n_tokens + (self.cls is not None)
         self.wpe = nn.Embedding(n_pos, d) if opts.positions == "learned" else None
         self.register_buffer("pe", sinusoidal_positions(n_pos, d) if self.wpe is None else None, persistent=False)
         self.drop = nn.Dropout(opts.dropout)
@@ -152,12 +159,13 @@ class TransformerClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, *input_shape) -> (B, outputs)
         keep = self.input.keep(x)  # (B, L) or None
         h = self.input(x)  # (B, L, F), or (B, L, d) for tokens
-        if self.proj is not None:
-            h = self.proj(h)  # (B, L, d)
-        B, L, d = h.shape
+        L = h.shape[1]
         if L > self.max_len:
             raise ShapeError(f"{type(self).__name__}: layer 'positions' holds max_len={self.max_len} steps, but the input "
                              f"{tuple(x.shape)} has {L}; set model.max_len or shorten the sequences")
+        if self.proj is not None:
+            h = self.proj(h.transpose(1, 2)).transpose(1, 2)  # (B, F, L) -> (B, d, n_tokens) -> (B, n_tokens, d)
+        B, _, d = h.shape
         if self.cls is not None:
             h = torch.cat([self.cls.expand(B, 1, d), h], dim=1)  # (B, 1 + L, d)
             keep = None if keep is None else F.pad(keep, (1, 0), value=True)
