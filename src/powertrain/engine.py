@@ -28,6 +28,7 @@ from torch import nn
 from . import checkpoint
 from .callbacks import Callback, Progress
 from .data import DataBundle
+from .data.augment import augment_batch
 from .errors import NonFiniteLoss
 from .hardware import resolve_device, resolve_precision
 from .metrics import TaskMetrics
@@ -51,6 +52,7 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.data = data.to(self.device)
         self.task, self.num_classes = data.meta.task, data.meta.num_classes
+        self._augment = data.meta.extra.get("augment")
         self.model = model.to(self.device)
         probe = next(self.data.train.batches(torch.arange(min(2, len(self.data.train))), 2))
         dry_run(self.model, probe[0])  # shape bugs fail here, naming the layer, not deep in a step
@@ -139,6 +141,8 @@ class Trainer:
             while self.step < self.total_steps and self.stop_reason is None:
                 epoch, start = divmod(self.step, spe)
                 for batch in self.data.train.batches(self.epoch_order(epoch), cfg.batch_size, start):
+                    if self._augment is not None:  # train batches only; draws from the checkpointed RNG
+                        batch = (augment_batch(batch[0], self._augment), *batch[1:])
                     loss = self.train_step(batch)
                     self.step += 1
                     self._after_step(loss.item(), len(batch[0]))
