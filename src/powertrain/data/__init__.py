@@ -32,6 +32,7 @@ class DataOptions(Options):
     normalize: bool = True  # standardise with statistics of the train split only
     in_memory: bool = True  # False: serve batches through a DataLoader
     num_workers: int = Field(0, ge=0)  # DataLoader workers when in_memory is false
+    reconstruct: bool = False  # targets are the inputs (autoencoders, VAEs): the task becomes reconstruction
 
 
 @dataclass
@@ -154,7 +155,11 @@ def make_bundle(train, val, test, meta: DataMeta, opts: DataOptions, norm_axis=0
 def build(section: dict, seed: int = 0) -> DataBundle:
     """Build the dataset named by `section["name"]` with its options."""
     entry = DATASETS.get(section["name"])
-    return entry.build(DATASETS.options(section), seed)
+    opts = DATASETS.options(section)
+    bundle = entry.build(opts, seed)
+    if getattr(opts, "reconstruct", False):
+        bundle.meta.task = "reconstruction"
+    return bundle
 
 
 from . import augment, csvdata, images, mnist1d, tabular, text  # noqa: E402,F401  (register the built-in datasets)
