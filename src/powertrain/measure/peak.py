@@ -1,0 +1,245 @@
+"""Peak FLOP/s per device and dtype, and MFU against it.
+
+Two sources, and every `Peak` names which:
+  - a datasheet table of *dense* figures for GPUs (NVIDIA's tables print tensor-core figures
+    "with sparsity"; the dense figure is half of those, and that half is what is listed here);
+  - a measured large matmul on this machine's CPU, cached per machine in a JSON file.
+
+dtype names: "fp64", "fp32" (CUDA cores / plain fp32), "tf32" (fp32 matmuls on tensor cores,
+used when torch.backends.cuda.matmul.allow_tf32 is on), "bf16", "fp16", "fp8".
+
+>>> p = lookup_peak("NVIDIA H100 80GB HBM3", "bf16")
+>>> p.device, p.flops_per_s, p.rated_power_w
+('NVIDIA H100 SXM', 989400000000000.0, 700.0)
+>>> mfu(4.947e14, p)
+0.5
+>>> mfu(1e12, None) is None
+True
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["Peak", "GPU_PEAKS", "GpuSpec", "lookup_peak", "measure_cpu_peak", "cpu_peak", "peak_for", "mfu",
+           "cache_dir", "cpu_model_name"]
+
+T = 1e12
+
+
+@dataclass(frozen=True)
+class Peak:
+    """A peak FLOP/s that MFU is measured against, and where it came from."""
+
+    device: str
+    dtype: str
+    flops_per_s: float
+    source: str
+    rated_power_w: float | None = None  # board/chip power for the FLOP/J floor; None if unknown
+
+    @property
+    def flops_per_j(self) -> float | None:
+        """Peak FLOP/s / rated W: the most FLOPs one joule can buy on this device (the floor)."""
+        return self.flops_per_s / self.rated_power_w if self.rated_power_w else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    device: str
+    pattern: str                  # regex over the lower-cased device name torch/NVML reports
+    dense_flops: dict[str, float]  # dtype -> dense FLOP/s
+    rated_power_w: float
+    source: str
+
+
+_NV = "NVIDIA datasheet"
+# Order matters: the first pattern that matches wins (PCIe before SXM, L40S before L4).
+GPU_PEAKS: tuple[GpuSpec, ...] = (
+    GpuSpec("NVIDIA H100 PCIe", r"h100.*pcie",
+            {"fp64": 26 * T, "fp32": 51 * T, "tf32": 378 * T, "bf16": 756 * T, "fp16": 756 * T, "fp8": 1513 * T},
+            350.0, f"{_NV} H100 PCIe (tensor figures listed with sparsity; halved); max TDP 350 W"),
+    GpuSpec("NVIDIA H100 SXM", r"h100(?!.*nvl)",
+            {"fp64": 34 * T, "fp32": 67 * T, "tf32": 494.7 * T, "bf16": 989.4 * T, "fp16": 989.4 * T,
+             "fp8": 1978.9 * T},
+            700.0, f"{_NV} H100 SXM5 (tensor figures listed with sparsity; halved); max TDP 700 W"),
+    GpuSpec("NVIDIA H200 SXM", r"h200(?!.*nvl)",
+            {"fp64": 34 * T, "fp32": 67 * T, "tf32": 494.7 * T, "bf16": 989.4 * T, "fp16": 989.4 * T,
+             "fp8": 1978.9 * T},
+            700.0, f"{_NV} H200 SXM (same compute as H100 SXM; sparse figures halved); max TDP 700 W"),
+    GpuSpec("NVIDIA A100 PCIe 40GB", r"a100.*pcie.*40gb|a100.*40gb.*pcie",
+            {"fp64": 9.7 * T, "fp32": 19.5 * T, "tf32": 156 * T, "bf16": 312 * T, "fp16": 312 * T},
+            250.0, f"{_NV} A100 (dense tensor figures; sparse are 2x); A100 PCIe 40GB TDP 250 W"),
+    GpuSpec("NVIDIA A100 PCIe 80GB", r"a100.*pcie",
+            {"fp64": 9.7 * T, "fp32": 19.5 * T, "tf32": 156 * T, "bf16": 312 * T, "fp16": 312 * T},
+            300.0, f"{_NV} A100 (dense tensor figures; sparse are 2x); A100 80GB PCIe TDP 300 W"),
+    GpuSpec("NVIDIA A100 SXM", r"a100",
+            {"fp64": 9.7 * T, "fp32": 19.5 * T, "tf32": 156 * T, "bf16": 312 * T, "fp16": 312 * T},
+            400.0, f"{_NV} A100 (dense tensor figures; sparse are 2x); A100 SXM TDP 400 W"),
+    GpuSpec("NVIDIA A10", r"\ba10\b",
+            {"fp32": 31.2 * T, "tf32": 62.5 * T, "bf16": 125 * T, "fp16": 125 * T},
+            150.0, f"{_NV} A10 (tensor figures listed with sparsity; halved); 150 W"),
+    GpuSpec("NVIDIA L40S", r"l40s",
+            {"fp32": 91.6 * T, "tf32": 183 * T, "bf16": 362.05 * T, "fp16": 362.05 * T, "fp8": 733 * T},
+            350.0, f"{_NV} L40S (tensor figures listed with sparsity; halved); max power 350 W"),
+    GpuSpec("NVIDIA L4", r"\bl4\b",
+            {"fp32": 30.3 * T, "tf32": 60 * T, "bf16": 121 * T, "fp16": 121 * T, "fp8": 242.5 * T},
+            72.0, f"{_NV} L4 (tensor figures listed with sparsity; halved); max power 72 W"),
+    GpuSpec("NVIDIA V100 PCIe", r"v100-pcie|v100 pcie",
+            {"fp64": 7 * T, "fp32": 14 * T, "fp16": 112 * T},
+            250.0, f"{_NV} V100 PCIe (fp16 = tensor-core mixed precision; no bf16); 250 W"),
+    GpuSpec("NVIDIA V100 SXM2", r"v100(?!s)",
+            {"fp64": 7.8 * T, "fp32": 15.7 * T, "fp16": 125 * T},
+            300.0, f"{_NV} V100 SXM2 (fp16 = tensor-core mixed precision; no bf16); 300 W"),
+    GpuSpec("NVIDIA T4", r"\bt4\b",
+            {"fp32": 8.1 * T, "fp16": 65 * T},
+            70.0, f"{_NV} T4 (fp16 = tensor-core mixed precision; no bf16); 70 W"),
+    GpuSpec("NVIDIA GeForce RTX 4090", r"rtx 4090",
+            {"fp32": 82.6 * T, "tf32": 82.6 * T, "bf16": 165.2 * T, "fp16": 165.2 * T, "fp8": 330.3 * T},
+            450.0, "NVIDIA Ada Lovelace architecture whitepaper, RTX 4090 (tensor figures with FP32 "
+                   "accumulate, dense; GeForce halves FP32-accumulate rate); 450 W TGP"),
+    GpuSpec("AMD Instinct MI300X", r"mi300x",
+            {"fp64": 81.7 * T, "fp32": 163.4 * T, "tf32": 653.7 * T, "bf16": 1307.4 * T, "fp16": 1307.4 * T,
+             "fp8": 2614.9 * T},
+            750.0, "AMD Instinct MI300X datasheet (dense; sparse figures are 2x); 750 W"),
+)
+
+
+def lookup_peak(device_name: str, dtype: str) -> Peak | None:
+    """The datasheet peak for a GPU name as torch/NVML reports it, or None if not in the table."""
+    name = device_name.lower()
+    for spec in GPU_PEAKS:
+        if re.search(spec.pattern, name):
+            flops = spec.dense_flops.get(dtype)
+            if flops is None:
+                return None
+            return Peak(spec.device, dtype, flops, spec.source, spec.rated_power_w)
+    return None
+
+
+def cache_dir() -> Path:
+    """$POWERTRAIN_CACHE_DIR, else $XDG_CACHE_HOME/powertrain, else ~/.cache/powertrain."""
+    if os.environ.get("POWERTRAIN_CACHE_DIR"):
+        return Path(os.environ["POWERTRAIN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "powertrain"
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+_DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def measure_cpu_peak(dtype: str = "fp32", target_s: float = 0.4, repeats: int = 5, max_n: int = 4096) -> Peak:
+    """Time a square matmul on the CPU and return the best FLOP/s seen (2*n^3 per matmul).
+
+    n is sized from a 1024 probe so that one matmul takes about `target_s` (small matmuls do not
+    reach peak; emulated bf16/fp16, ~100x slower, still finish in a few seconds). Uses torch's
+    current thread count; the result depends on it and on other load on the machine.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"measure_cpu_peak: dtype '{dtype}' is not one of {sorted(_DTYPES)}")
+    tdtype = _DTYPES[dtype]
+
+    def rate(n: int) -> float:
+        a, b = torch.randn(n, n).to(tdtype), torch.randn(n, n).to(tdtype)
+        torch.mm(a, b)  # warm-up: thread pool, packing buffers
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        return 2 * n**3 / (time.perf_counter() - t0)
+
+    probe = rate(1024)
+    n = int((probe * target_s / 2) ** (1 / 3)) // 256 * 256
+    n = max(256, min(max_n, n))
+    a, b = torch.randn(n, n).to(tdtype), torch.randn(n, n).to(tdtype)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    threads = torch.get_num_threads()
+    today = _dt.date.today().isoformat()
+    return Peak(f"cpu: {cpu_model_name()} ({threads} threads)", dtype, best,
+                f"measured: {n}x{n} {dtype} matmul, best of {repeats}, {threads} threads, "
+                f"torch {torch.__version__}, {today}")
+
+
+def _machine_key(dtype: str) -> str:
+    return f"{socket.gethostname()}|{cpu_model_name()}|{os.cpu_count()} cpus|{torch.get_num_threads()} threads|" \
+           f"torch {torch.__version__}|{dtype}"
+
+
+def cpu_peak(dtype: str = "fp32", cache: Path | str | None = None, refresh: bool = False) -> Peak:
+    """This CPU's measured peak, from the per-machine cache or measured once (a few seconds).
+
+    The cache is `<cache_dir()>/peak.json`, keyed by host, CPU model, thread count, torch
+    version and dtype. `refresh=True` measures again.
+    """
+    path = Path(cache) if cache is not None else cache_dir() / "peak.json"
+    key = _machine_key(dtype)
+    entries: dict = {}
+    if path.exists():
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            entries = {}
+    if not refresh and key in entries:
+        e = entries[key]
+        return Peak(e["device"], e["dtype"], float(e["flops_per_s"]), e["source"], e.get("rated_power_w"))
+    peak = measure_cpu_peak(dtype)
+    entries[key] = peak.to_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    return peak
+
+
+def peak_for(device: torch.device | str, dtype: str, cache: Path | str | None = None,
+             measure: bool = True) -> Peak | None:
+    """The peak MFU should use on `device`: datasheet for GPUs, measured (cached) for the CPU.
+
+    None when the GPU is not in the table or the dtype has no figure (MFU is then None, not
+    made up). `measure=False` never runs the CPU matmul (returns the cached value or None).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lookup_peak(torch.cuda.get_device_name(device), dtype)
+    if device.type == "cpu":
+        if measure:
+            return cpu_peak(dtype, cache)
+        path = Path(cache) if cache is not None else cache_dir() / "peak.json"
+        try:
+            e = json.loads(path.read_text()).get(_machine_key(dtype))
+        except (OSError, ValueError):
+            return None
+        return Peak(e["device"], e["dtype"], float(e["flops_per_s"]), e["source"]) if e else None
+    return None
+
+
+def mfu(achieved_flops_per_s: float | None, peak: Peak | None) -> float | None:
+    """Model FLOPs utilisation: achieved model FLOP/s / peak FLOP/s; None when either is unknown."""
+    if achieved_flops_per_s is None or peak is None or not peak.flops_per_s > 0:
+        return None
+    return achieved_flops_per_s / peak.flops_per_s
