@@ -5,7 +5,7 @@ counter exists, labelled estimated where not), CO2e, peak memory, and the Meter'
 >>> with Meter([EstimateBackend(w_per_core=4.0)]).window("fit") as out:
 ...     pass
 >>> out["window"].energy_method
-'estimated:cpu-tdp-per-core + estimated:dram-w-per-gb'
+'mixed: estimated:cpu-tdp-per-core + estimated:dram-w-per-gb'
 """
 from .carbon import REGIONS, CarbonModel, GridIntensity, grid_intensity
 from .energy import (CPU_TDP, EnergyBackend, EnergyReading, EnergyTotal, EstimateBackend, NvmlBackend,
