@@ -52,6 +52,8 @@ def test_build_refuses_shapes_a_family_cannot_take():
         models.build({"name": "rnn"}, DataMeta((1, 2, 3, 4), "multiclass", 10))
     with pytest.raises(ShapeError, match=r"token inputs must be shaped \(L,\) with meta.extra\['vocab_size'\]"):
         models.build({"name": "transformer"}, DataMeta((12,), "multiclass", 2, extra={"input_dtype": torch.long}))
+    with pytest.raises(ShapeError, match=r"layer 'proj' takes patches of 8 steps, but the sequences have 5 \(data shape \(1, 5\)\)"):
+        models.build({"name": "transformer", "patch": 8}, DataMeta((1, 5), "multiclass", 2))
 
 
 @pytest.mark.parametrize("module", ["autoencoder", "gpt", "resnet", "rnn", "transformer"])

@@ -138,6 +138,9 @@ class TransformerClassifier(nn.Module):
             self.input.n_features, d, kernel_size=opts.patch, stride=opts.patch_stride or opts.patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, d)) if opts.pool == "cls" else None
         self.max_len = opts.max_len or self.input.seq_len
+        if self.proj is not None and self.max_len < opts.patch:
+            raise ShapeError(f"transformer: layer 'proj' takes patches of {opts.patch} steps, but the sequences have "
+                             f"{self.max_len} (data shape {tuple(meta.input_shape)}); lower model.patch")
         n_tokens = self.max_len if self.proj is None else (self.max_len - opts.patch) // self.proj.stride[0] + 1
         n_pos = n_tokens + (self.cls is not None)
         self.wpe = nn.Embedding(n_pos, d) if opts.positions == "learned" else None
@@ -167,7 +170,7 @@ class TransformerClassifier(nn.Module):
             h = self.proj(h.transpose(1, 2)).transpose(1, 2)  # (B, F, L) -> (B, d, n_tokens) -> (B, n_tokens, d)
         B, _, d = h.shape
         if self.cls is not None:
-            h = torch.cat([self.cls.expand(B, 1, d), h], dim=1)  # (B, 1 + L, d)
+            h = torch.cat([self.cls.expand(B, 1, d), h], dim=1)  # (B, 1 + tokens, d)
             keep = None if keep is None else F.pad(keep, (1, 0), value=True)
         T = h.shape[1]
         pos = self.pe[:T] if self.wpe is None else self.wpe(torch.arange(T, device=h.device))  # (T, d)
