@@ -17,6 +17,8 @@ torch 2.13 counts zero for some ops that do matmuls; powertrain registers formul
     `F.scaled_dot_product_attention` dispatches to on CPU (fp32/fp64/GQA, no dropout, no mask
     that needs a gradient; those fall back to the math path of bmm's, counted by torch).
   - `aten.mkldnn_rnn_layer` (+ `_backward`): `nn.LSTM` on CPU.
+and replaces one that overcounts: `aten.convolution_backward`'s weight gradient for grouped
+convolutions (torch counts it `groups` times).
 The fused inference fast paths `aten._transformer_encoder_layer_fwd` and
 `aten._native_multi_head_attention` (nn.TransformerEncoderLayer / nn.MultiheadAttention in
 eval mode under no_grad) have no formula: they count 0 and add a warning to the `FlopCount`.
@@ -37,7 +39,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
 aten = torch.ops.aten
 
@@ -82,6 +84,20 @@ def _rnn_bwd(input_shape, w_ih_shape, w_hh_shape, *args, out_shape=None, **kwarg
     return 2 * _rnn_layer_flops(input_shape, w_ih_shape, w_hh_shape)
 
 
+def _conv_bwd(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+              _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """Convolution backward. The input gradient as torch counts it (a transposed conv of
+    grad_out with the weight); the weight gradient pairs every output with every kernel tap once,
+    exactly like the forward. torch 2.13 counts the weight gradient as an ungrouped conv, i.e.
+    `groups` times too many (a depthwise conv: C times)."""
+    flops = 0
+    if output_mask[0]:
+        flops += conv_flop_count(grad_out_shape, w_shape, out_shape[0], not transposed)
+    if output_mask[1]:
+        flops += conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return flops
+
+
 #: op -> formula over shapes, passed to FlopCounterMode(custom_mapping=...) (torch's registry
 #: is left untouched). Formulas take the op's arguments with tensors replaced by their shapes.
 FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
@@ -91,6 +107,7 @@ FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
     aten._scaled_dot_product_flash_attention_backward: _sdpa_bwd,
     aten._scaled_dot_product_efficient_attention_backward: _sdpa_bwd,
     aten._scaled_dot_product_cudnn_attention_backward: _sdpa_bwd,
+    aten.convolution_backward: _conv_bwd,
     aten.mkldnn_rnn_layer: _rnn_fwd,
     aten.mkldnn_rnn_layer_backward: _rnn_bwd,
 }
@@ -176,26 +193,33 @@ def forward_flops(model: torch.nn.Module, *inputs: Any, **kwargs: Any) -> FlopCo
 
 def train_step_flops(model: torch.nn.Module, *inputs: Any,
                      loss_fn: Callable[[Any], torch.Tensor] | None = None, **kwargs: Any) -> FlopCount:
-    """FLOPs of forward + backward (gradients of all parameters that require grad).
+    """FLOPs of forward + backward: gradients of the parameters (and of any input tensor that
+    requires grad), as `loss.backward()` would compute them.
 
-    Uses `torch.autograd.grad`, so the model's `.grad` fields are not touched; buffers and RNG
-    are restored. `loss_fn(outputs) -> scalar` defaults to the sum of the outputs (0 FLOPs).
-    The optimizer's update is elementwise and not counted (as in 6*N*D).
+    The `.grad` fields it fills are put back as they were, and so are buffers and RNG.
+    `loss_fn(outputs) -> scalar` defaults to the sum of the outputs (0 FLOPs). The optimizer's
+    update is elementwise and not counted (as in 6*N*D).
 
     >>> import torch
     >>> train_step_flops(torch.nn.Linear(8, 2, bias=False), torch.randn(5, 8)).total  # fwd + dW
     320
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    leaves = [p for p in model.parameters() if p.requires_grad]
+    leaves += [t for t in tree_flatten((inputs, kwargs))[0] if isinstance(t, torch.Tensor) and t.requires_grad]
     loss_fn = loss_fn or _default_loss
 
     def step() -> None:
-        loss = loss_fn(model(*inputs, **kwargs))
-        if params:
-            torch.autograd.grad(loss, params, allow_unused=True)
+        loss_fn(model(*inputs, **kwargs)).backward()
 
-    with _no_side_effects(model), torch.enable_grad():
-        return count_flops(step)[1]
+    saved = [t.grad for t in leaves]
+    try:
+        for t in leaves:
+            t.grad = None
+        with _no_side_effects(model), torch.enable_grad():
+            return count_flops(step)[1]
+    finally:
+        for t, g in zip(leaves, saved):
+            t.grad = g
 
 
 def shape_key(*args: Any, **kwargs: Any) -> tuple:

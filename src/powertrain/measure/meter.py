@@ -25,8 +25,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .carbon import CarbonModel
-from .energy import EnergyBackend, EnergyReading, above_idle, combine_methods, detect_backends, measure_idle_power
-from .energy import sum_energy
+from .energy import (EnergyBackend, EnergyReading, above_idle, combine_methods, detect_backends, measure_idle_power,
+                     sum_energy)
 
 __all__ = ["Meter", "Window", "WindowTotals", "ComponentTotal"]
 
@@ -184,9 +184,9 @@ class Meter:
             out["window"] = self.end(name)
 
     # -- idle baseline, totals, resume ----------------------------------------------------
-    def measure_idle(self, duration_s: float = 3.0) -> dict[str, float]:
+    def measure_idle(self, duration_s: float = 3.0, sleep: Callable[[float], None] = time.sleep) -> dict[str, float]:
         """Measure idle power per component (sleeps duration_s); later windows report above_idle_j."""
-        self.idle_power_w = measure_idle_power(self.backends, duration_s)
+        self.idle_power_w = measure_idle_power(self.backends, duration_s, sleep=sleep, clock=self.clock)
         return dict(self.idle_power_w)
 
     def totals(self) -> dict[str, WindowTotals]:
