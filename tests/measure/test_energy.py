@@ -385,3 +385,14 @@ def test_detect_includes_nvml_when_it_initialises(tmp_path, monkeypatch):
     backends, _ = detect_backends(tmp_path, nvml=FakeNvml([1, 2]), w_per_core=5.0)
     assert [b.name for b in backends] == ["nvml", "estimate"]
     assert list(backends[0].methods) == ["gpu:0", "gpu:1"]
+
+
+def test_process_rss_matches_proc_status():
+    from powertrain.measure.energy.estimate import process_rss_bytes
+
+    def vmrss():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+    before, ours, after = vmrss(), process_rss_bytes(), vmrss()
+    assert min(before, after) - (4 << 20) <= ours <= max(before, after) + (4 << 20)

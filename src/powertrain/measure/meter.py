@@ -88,7 +88,8 @@ class WindowTotals:
         for r in w.energy:
             c = self.energy.setdefault(r.component, ComponentTotal(method=r.method))
             c.energy_j += r.energy_j
-            c.method = combine_methods([c.method, r.method])
+            if r.method != c.method:
+                c.method = combine_methods([c.method, r.method])
             if r.above_idle_j is not None:
                 c.above_idle_j = (c.above_idle_j or 0.0) + r.above_idle_j
 
@@ -206,7 +207,7 @@ class Meter:
     def describe(self) -> dict:
         """What a bill should print about how energy was obtained."""
         return {"backends": {b.name: dict(b.methods) for b in self.backends},
-                "notes": list(self.notes) + [b.note for b in self.backends if b.note],
+                "notes": list(dict.fromkeys(self.notes + [b.note for b in self.backends if b.note])),
                 "carbon": self.carbon.to_dict(), "idle_power_w": dict(self.idle_power_w)}
 
     def close(self) -> None:

@@ -180,9 +180,12 @@ def measure_cpu_peak(dtype: str = "fp32", target_s: float = 0.4, repeats: int = 
         best = max(best, 2 * n**3 / (time.perf_counter() - t0))
     threads = torch.get_num_threads()
     today = _dt.date.today().isoformat()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    busy = (f"; 1-min load {load:.1f} on {os.cpu_count()} cpus: other work shared the CPU, so this is low "
+            f"(measure again with refresh=True when idle)") if load > 0.5 * (os.cpu_count() or 1) else ""
     return Peak(f"cpu: {cpu_model_name()} ({threads} threads)", dtype, best,
                 f"measured: {n}x{n} {dtype} matmul, best of {repeats}, {threads} threads, "
-                f"torch {torch.__version__}, {today}")
+                f"torch {torch.__version__}, {today}{busy}")
 
 
 def _machine_key(dtype: str) -> str:

@@ -23,6 +23,7 @@ import os
 import re
 import resource
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -98,14 +99,19 @@ def process_cpu_seconds() -> float:
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+_statm: tuple[int, int] | None = None  # (pid, fd): /proc/self/statm kept open, reopened after fork
+
+
 def process_rss_bytes() -> int:
-    """Resident memory of this process now (/proc/self/statm), else its peak (ru_maxrss)."""
+    """Resident memory of this process now (/proc/self/statm, ~2 us), else its peak (ru_maxrss)."""
+    global _statm
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:
+        if _statm is None or _statm[0] != os.getpid():
+            _statm = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY))
+        return int(os.pread(_statm[1], 128, 0).split()[1]) * _PAGE
+    except (OSError, AttributeError):
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss if os.uname().sysname == "Darwin" else rss * 1024
+        return rss if sys.platform == "darwin" else rss * 1024
 
 
 class EstimateBackend(EnergyBackend):
