@@ -396,3 +396,16 @@ def test_process_rss_matches_proc_status():
 
     before, ours, after = vmrss(), process_rss_bytes(), vmrss()
     assert min(before, after) - (4 << 20) <= ours <= max(before, after) + (4 << 20)
+
+
+def test_nvml_close_shuts_nvml_down_once():
+    class Counting(FakeNvml):
+        shutdowns = 0
+
+        def nvmlShutdown(self):
+            Counting.shutdowns += 1
+
+    gpu = NvmlBackend(nvml=Counting([1]), gpus=[0])
+    gpu.close()
+    gpu.close()
+    assert Counting.shutdowns == 1

@@ -120,6 +120,7 @@ class NvmlBackend(EnergyBackend):
         error = getattr(nvml, "NVMLError", Exception)
         try:
             nvml.nvmlInit()
+            self._initialised = True
             indices = list(gpus) if gpus is not None else _visible_indices(nvml)
         except error as e:
             self.note = f"NVML: cannot initialise ({e}); no GPU energy (is the NVIDIA driver loaded?)"
@@ -186,3 +187,9 @@ class NvmlBackend(EnergyBackend):
         if self._thread is not None:
             self._thread.join(timeout=1.0)
             self._thread = None
+        if getattr(self, "_initialised", False):
+            self._initialised = False
+            try:
+                getattr(self.nvml, "nvmlShutdown", lambda: None)()  # NVML reference-counts init/shutdown
+            except Exception:
+                pass
