@@ -16,7 +16,9 @@ import torch
 import yaml
 
 from . import data, models, rundir
+from .bill import carbon_model, make_bill, write_bill
 from .engine import Trainer
+from .measure import Meter
 from .hardware import environment, resolve_device
 from .recipe import Recipe, load_recipe
 
@@ -27,6 +29,7 @@ class Run:
     recipe: Recipe
     metrics: dict  # {"test": {...}, "val": {...}} as in eval.json
     trainer: Trainer
+    bill: dict  # as in bill.json
 
 
 def build_trainer(recipe: Recipe, run_dir: Optional[Path], callbacks=None) -> Trainer:
@@ -34,7 +37,11 @@ def build_trainer(recipe: Recipe, run_dir: Optional[Path], callbacks=None) -> Tr
     torch.manual_seed(recipe.run.seed)
     bundle = data.build(recipe.data.model_dump(), seed=recipe.run.seed)
     model = models.build(recipe.model.model_dump(), bundle.meta)
-    return Trainer(model, bundle, recipe.train, run_dir=run_dir, callbacks=callbacks, seed=recipe.run.seed)
+    meter = Meter(carbon=carbon_model(recipe.run))
+    if recipe.run.idle_baseline_s:
+        meter.measure_idle(recipe.run.idle_baseline_s)
+    return Trainer(model, bundle, recipe.train, run_dir=run_dir, callbacks=callbacks, seed=recipe.run.seed,
+                   meter=meter)
 
 
 def _final_weights(trainer: Trainer, recipe: Recipe) -> None:
@@ -55,7 +62,9 @@ def _fit_and_evaluate(trainer: Trainer, recipe: Recipe, run_dir: Path) -> Run:
     results["stop_reason"] = trainer.stop_reason
     results["step"] = trainer.step
     rundir.write_json(run_dir / "eval.json", results)
-    return Run(run_dir, recipe, results, trainer)
+    bill = make_bill(trainer, recipe.run)
+    write_bill(bill, run_dir)
+    return Run(run_dir, recipe, results, trainer, bill)
 
 
 def train(recipe: str | Path | dict | Recipe = "mnist1d-cnn", overrides: Optional[list[str]] = None,

@@ -29,6 +29,7 @@ from . import checkpoint
 from .callbacks import Callback, Progress
 from .data import DataBundle
 from .data.augment import augment_batch
+from .measure import Meter, forward_flops, train_step_flops
 from .errors import NonFiniteLoss
 from .hardware import resolve_device, resolve_precision
 from .metrics import TaskMetrics
@@ -43,9 +44,10 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 class Trainer:
     def __init__(self, model: nn.Module, data: DataBundle, config: Optional[TrainConfig] = None, *,
                  run_dir: Optional[str | Path] = None, callbacks: Optional[Iterable[Callback]] = None,
-                 seed: int = 0):
+                 seed: int = 0, meter: Optional[Meter | bool] = None):
         """`run_dir` receives metrics.jsonl and checkpoints (None: keep nothing on disk);
-        `callbacks` defaults to a progress display."""
+        `callbacks` defaults to a progress display; `meter` measures time, FLOPs and energy
+        (default: a `Meter` over the counters this machine has; False: no measurement)."""
         self.cfg = cfg = config or TrainConfig()
         self.seed = seed
         self.device = resolve_device(cfg.device)
@@ -75,6 +77,12 @@ class Trainer:
         self._last_eval_step = -1
         self._loss_sum, self._loss_n, self._t_log, self._samples_log = 0.0, 0, time.perf_counter(), 0
         self.last_checkpoint: Optional[Path] = None
+        self.meter = Meter() if meter is None or meter is True else (meter or None)
+        self.phase_s = {"data": 0.0, "forward_backward": 0.0, "optimizer": 0.0}  # CPU: exact; CUDA: launch time
+        self.eval_samples = {"eval": 0, "final_eval": 0}  # samples evaluated inside fit / after it
+        self._in_fit = False
+        self._step_flops: dict[int, int] = {}  # batch size -> FLOPs of one train step, counted once
+        self.forward_flops_per_sample = 0
 
     # ------------------------------------------------------------ the step
     def forward(self, batch: tuple) -> torch.Tensor:
@@ -104,7 +112,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         n, acc = len(batch[0]), self.cfg.accumulate
         chunks = [batch] if acc == 1 else list(zip(*(t.tensor_split(acc) for t in batch)))
-        total = 0.0
+        total, t0 = 0.0, time.perf_counter()
         for chunk in chunks:
             with self._autocast():
                 loss = self.compute_loss(chunk, self.forward(chunk))
@@ -112,6 +120,7 @@ class Trainer:
                 loss = loss * (len(chunk[0]) / n)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total = total + loss.detach()
+        t1 = time.perf_counter()
         if self.cfg.grad_clip:
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
@@ -123,6 +132,8 @@ class Trainer:
             self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
+        self.phase_s["forward_backward"] += t1 - t0
+        self.phase_s["optimizer"] += time.perf_counter() - t1
         return total
 
     # ------------------------------------------------------------ the loop
@@ -135,14 +146,21 @@ class Trainer:
         """Train until `total_steps` or early stopping; Ctrl-C saves a checkpoint first."""
         cfg, spe = self.cfg, self.steps_per_epoch
         self._t_log = time.perf_counter()
+        self._count_step_flops()
+        self._fit_start_step = self.step
+        if self.meter:
+            self.meter.begin("fit")
+        self._in_fit = True
         for cb in self.callbacks:
             cb.on_fit_start(self)
         try:
             while self.step < self.total_steps and self.stop_reason is None:
                 epoch, start = divmod(self.step, spe)
+                t_data = time.perf_counter()
                 for batch in self.data.train.batches(self.epoch_order(epoch), cfg.batch_size, start):
                     if self._augment is not None:  # train batches only; draws from the checkpointed RNG
                         batch = (augment_batch(batch[0], self._augment), *batch[1:])
+                    self.phase_s["data"] += time.perf_counter() - t_data
                     loss = self.train_step(batch)
                     self.step += 1
                     self._after_step(loss.item(), len(batch[0]))
@@ -152,6 +170,7 @@ class Trainer:
                         self._evaluate_and_checkpoint()
                     elif cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
                         self.save_checkpoint()
+                    t_data = time.perf_counter()
                 if (self.step % spe == 0 and not cfg.eval_every_steps
                         and (self.step // spe) % cfg.eval_every_epochs == 0 and self.step < self.total_steps):
                     self._evaluate_and_checkpoint()
@@ -164,9 +183,43 @@ class Trainer:
             self.save_checkpoint()
             raise
         finally:
+            self._in_fit = False
+            if self.meter:
+                self.meter.end("fit", flops=self.train_flops(self._fit_start_step, self.step))
             for cb in self.callbacks:
                 cb.on_fit_end(self)
         return self
+
+    # ------------------------------------------------------------ FLOPs (counted once per shape)
+    def batch_size_at(self, step: int) -> int:
+        """Samples in the batch of optimizer step `step` (0-based): the last of an epoch may be short."""
+        b = step % self.steps_per_epoch
+        return min(self.cfg.batch_size, len(self.data.train) - b * self.cfg.batch_size)
+
+    def _count_step_flops(self) -> None:
+        """Count forward+backward FLOPs for the full and the short last batch, once, before training."""
+        if self._step_flops:
+            return
+        sizes = {self.batch_size_at(0), self.batch_size_at(self.steps_per_epoch - 1)}
+        order = torch.arange(len(self.data.train))
+        for n in sizes:
+            batch = next(self.data.train.batches(order, n))
+            with self._autocast():
+                self._step_flops[n] = train_step_flops(self.model, batch[0],
+                                                       loss_fn=lambda out, b=batch: self.compute_loss(b, out)).total
+        self.model.eval()
+        with self._autocast():
+            self.forward_flops_per_sample = forward_flops(self.model, batch[0][:1]).total
+        self.model.train()
+
+    def train_flops(self, start: int, end: int) -> int:
+        """Model FLOPs of optimizer steps [start, end): forward + backward, no optimizer update."""
+        spe, full, last = self.steps_per_epoch, self.batch_size_at(0), self.batch_size_at(self.steps_per_epoch - 1)
+        n_last = sum(1 for s in range(start, end) if s % spe == spe - 1) if last != full else 0
+        return (end - start - n_last) * self._step_flops.get(full, 0) + n_last * self._step_flops.get(last, 0)
+
+    def samples_trained(self, start: int = 0, end: Optional[int] = None) -> int:
+        return sum(self.batch_size_at(s) for s in range(start, self.step if end is None else end))
 
     def _after_step(self, loss: float, samples: int) -> None:
         if not math.isfinite(loss):
@@ -208,6 +261,9 @@ class Trainer:
         self.model.eval()
         metrics = TaskMetrics(self.task, self.num_classes)
         loss_sum, n = 0.0, 0
+        window = "eval" if self._in_fit else "final_eval"
+        if self.meter:
+            self.meter.begin(window)
         try:
             for batch in data.batches(torch.arange(len(data)), self.cfg.eval_batch_size):
                 with self._autocast():
@@ -218,6 +274,9 @@ class Trainer:
                 metrics.update(outputs[0] if isinstance(outputs, (tuple, list)) else outputs, batch[-1])
         finally:
             self.model.train(was_training)
+            if self.meter:
+                self.meter.end(window, flops=n * self.forward_flops_per_sample)
+        self.eval_samples[window] += n
         result = {"loss": loss_sum / max(n, 1), **metrics.compute()}
         for cb in self.callbacks:
             cb.on_eval_end(self, split, result)
@@ -270,8 +329,22 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "trainer": {"best": self.best, "bad_evals": self._bad_evals, "loss_sum": self._loss_sum,
                         "loss_n": self._loss_n, "stop_reason": self.stop_reason,
-                        "last_eval_step": self._last_eval_step},
+                        "last_eval_step": self._last_eval_step, "phase_s": dict(self.phase_s),
+                        "eval_samples": self.eval_samples},
+            "meter": self._meter_state(),
         }
+
+    def _meter_state(self) -> Optional[dict]:
+        """Meter totals including the open 'fit' window so far, so a resumed bill covers the whole run."""
+        if not self.meter:
+            return None
+        if "fit" in self.meter._open:
+            self.meter.end("fit", flops=self.train_flops(self._fit_start_step, self.step))
+            state = self.meter.state_dict()
+            self.meter.begin("fit")
+            self._fit_start_step = self.step
+            return state
+        return self.meter.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -287,12 +360,21 @@ class Trainer:
         self.best, self._bad_evals, self._loss_sum, self._loss_n = t["best"], t["bad_evals"], t["loss_sum"], t["loss_n"]
         self.stop_reason = t["stop_reason"] if str(t["stop_reason"]).startswith("early stop") else None
         self._last_eval_step = t["last_eval_step"]
+        self.phase_s, self.eval_samples = dict(t["phase_s"]), dict(t["eval_samples"])
+        if self.meter and state.get("meter"):
+            self.meter.load_state_dict(state["meter"])
 
     def save_checkpoint(self) -> Optional[Path]:
         if self.run_dir is None:
             return None
-        path = checkpoint.save(self.run_dir / "checkpoints", self.step, self.model, self.state_dict(),
-                               keep=self.cfg.keep_checkpoints)
+        if self.meter:
+            self.meter.begin("checkpoint")
+        try:
+            path = checkpoint.save(self.run_dir / "checkpoints", self.step, self.model, self.state_dict(),
+                                   keep=self.cfg.keep_checkpoints)
+        finally:
+            if self.meter:
+                self.meter.end("checkpoint")
         self.last_checkpoint = path
         for cb in self.callbacks:
             cb.on_checkpoint(self, path)

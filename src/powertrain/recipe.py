@@ -66,6 +66,10 @@ class TrainConfig(Strict):
 class RunConfig(Strict):
     seed: int = 0  # model init, data order and splits; same seed on CPU -> same bits
     out: Optional[str] = None  # run directory; default runs/<recipe>-<timestamp>
+    region: str = "world"  # grid for CO2e: a region of the table (`powertrain bill --regions`) or g/kWh, e.g. "350"
+    pue: float = Field(1.0, ge=1.0)  # data-centre power usage effectiveness (1.0: the device's own energy only)
+    price_per_kwh: Optional[float] = Field(None, ge=0)  # electricity price, for a cost line in the bill
+    idle_baseline_s: float = Field(0.0, ge=0)  # measure idle power this long first; report energy above idle
 
 
 class Section(BaseModel):

@@ -1,0 +1,122 @@
+"""Plan a training run before it happens: FLOPs from 6·N·D, time at an MFU, energy at a J/FLOP,
+then CO2e and cost; and the Chinchilla compute-optimal split for a FLOP budget.
+
+Every input that is assumed rather than measured is labelled in the output. With `from_run`, the
+MFU and J/FLOP come from a measured run directory's bill.
+
+>>> p = plan(params=7e9, tokens=140e9, device="h100", count=64)
+>>> round(p["flops"] / 1e21, 2), p["mfu"]["source"].startswith("assumed")
+(5.88, True)
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from .errors import RecipeError
+from .measure import GPU_PEAKS, CarbonModel, grid_intensity, lookup_peak
+
+ASSUMED_MFU = 0.40
+MFU_SOURCE = ("assumed 0.40: well-tuned large-model training reaches 0.4-0.5 "
+              "(PaLM 540B: 46.2% MFU, Chowdhery et al. 2022, Table 3)")
+TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022 (Chinchilla): compute-optimal D ~ 20 N
+
+
+def chinchilla(flops: float) -> dict:
+    """Compute-optimal N and D for a budget C = 6·N·D with D = 20·N."""
+    n = math.sqrt(flops / (6 * TOKENS_PER_PARAM))
+    return {"params": n, "tokens": TOKENS_PER_PARAM * n, "flops": flops,
+            "source": "Hoffmann et al. 2022 (Chinchilla): ~20 tokens per parameter, C = 6ND"}
+
+
+def _calibration(from_run: str) -> dict:
+    from .bill import read_bill
+    from .rundir import open_run
+
+    path, _ = open_run(from_run)
+    bill = read_bill(path)
+    mfu, energy, flops = bill["mfu"]["value"], bill["energy"]["total_j"], bill["flops"]["train_total"]
+    if mfu is None or not energy or not flops:
+        raise RecipeError(f"--from {from_run}: its bill lacks MFU, energy or FLOPs; train it to the end first")
+    return {"mfu": mfu, "j_per_flop": energy / flops, "energy_method": bill["energy"]["method"],
+            "device": bill["device"]["name"], "run": str(path)}
+
+
+def plan(params: Optional[float] = None, tokens: Optional[float] = None, device: str = "h100", count: int = 1,
+         dtype: str = "bf16", mfu: Optional[float] = None, from_run: Optional[str] = None,
+         region: Optional[str] = None, pue: Optional[float] = None, price_per_kwh: Optional[float] = None,
+         flops: Optional[float] = None) -> dict:
+    """Predict FLOPs, time, energy, CO2e and cost of training N params on D tokens on count devices."""
+    notes = []
+    if params is None and flops is None:
+        raise RecipeError("plan: give --params N (with --tokens D) or a --flops budget")
+    if params is None:
+        opt = chinchilla(flops)
+        params, tokens = opt["params"], opt["tokens"]
+        notes.append("N and D are the compute-optimal split of the FLOP budget (Chinchilla)")
+    if tokens is None:
+        tokens = TOKENS_PER_PARAM * params
+        notes.append(f"D not given: {TOKENS_PER_PARAM} tokens per parameter (Chinchilla)")
+    total = 6 * params * tokens
+    peak = lookup_peak(device, dtype)
+    if peak is None:
+        known = ", ".join(s.device for s in GPU_PEAKS)
+        raise RecipeError(f"--device '{device}' with --dtype {dtype}: no dense peak in the table; known: {known}")
+    cal = _calibration(from_run) if from_run else None
+    if cal and mfu is None:
+        mfu_v, mfu_src = cal["mfu"], f"measured in {cal['run']} on {cal['device']}"
+        if cal["device"] != peak.device:
+            notes.append(f"MFU and J/FLOP were measured on {cal['device']}, not on {peak.device}: they transfer "
+                         f"between devices only roughly")
+    elif mfu is not None:
+        mfu_v, mfu_src = mfu, "given"
+    else:
+        mfu_v, mfu_src = ASSUMED_MFU, MFU_SOURCE
+    if not 0 < mfu_v <= 1:
+        raise RecipeError(f"--mfu: {mfu_v} is outside (0, 1]; MFU is a fraction of the peak")
+    time_s = total / (count * peak.flops_per_s * mfu_v)
+    if cal:
+        energy_j, energy_src = total * cal["j_per_flop"], f"J/FLOP measured in {cal['run']} ({cal['energy_method']})"
+    else:
+        energy_j = count * peak.rated_power_w * time_s
+        energy_src = (f"assumed: each of {count} devices draws its rated {peak.rated_power_w:g} W for the whole run "
+                      f"(host CPUs, network and cooling not included; use --pue)")
+    try:
+        intensity = grid_intensity(float(region) if region and region.replace(".", "", 1).isdigit() else (region or "world"))
+        carbon = CarbonModel(intensity=intensity, pue=pue or 1.0, price_per_kwh=price_per_kwh)
+    except ValueError as e:
+        raise RecipeError(f"--region/--pue: {e}") from None
+    return {
+        "params": params, "tokens": tokens, "flops": total, "flops_source": "6 * N * D (forward + backward)",
+        "device": peak.device, "count": count, "dtype": dtype, "peak": peak.to_dict(),
+        "mfu": {"value": mfu_v, "source": mfu_src},
+        "time_s": time_s, "device_hours": time_s * count / 3600,
+        "energy_j": energy_j, "energy_source": energy_src, "kwh": carbon.kwh(energy_j),
+        "co2e_g": carbon.co2e_g(energy_j), "carbon": carbon.to_dict(), "cost": carbon.cost(energy_j),
+        "chinchilla": chinchilla(total), "notes": notes,
+    }
+
+
+def _mass(grams: float) -> str:
+    return f"{grams / 1e6:,.2f} t" if grams >= 1e6 else f"{grams / 1e3:,.2f} kg" if grams >= 1e3 else f"{grams:.3g} g"
+
+
+def format_plan(p: dict) -> str:
+    opt = p["chinchilla"]
+    lines = [
+        f"plan: {p['params']:.3g} parameters on {p['tokens']:.3g} tokens, {p['count']} x {p['device']} ({p['dtype']})",
+        f"  FLOPs            {p['flops']:.3g}  ({p['flops_source']})",
+        f"  MFU              {p['mfu']['value']:.1%}  ({p['mfu']['source']})",
+        f"  time             {p['time_s'] / 86400:.2f} days ({p['device_hours']:,.0f} device-hours) at "
+        f"{p['peak']['flops_per_s']:.3g} FLOP/s peak per device ({p['peak']['source']})",
+        f"  energy           {p['kwh']:,.0f} kWh at the facility ({p['energy_j']:.3g} J; {p['energy_source']}; "
+        f"PUE {p['carbon']['pue']:g})",
+        f"  CO2e             {_mass(p['co2e_g'])} ({p['carbon']['intensity']['region']}, "
+        f"{p['carbon']['intensity']['g_per_kwh']:g} g/kWh; {p['carbon']['intensity']['source']})",
+    ]
+    if p["cost"] is not None:
+        lines.append(f"  electricity cost {p['cost']:,.0f} {p['carbon']['currency']}")
+    lines.append(f"  compute-optimal  for the same FLOPs: {opt['params']:.3g} parameters on {opt['tokens']:.3g} tokens "
+                 f"({opt['source']})")
+    lines += [f"  note: {n}" for n in p["notes"]]
+    return "\n".join(lines)
