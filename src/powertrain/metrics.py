@@ -14,10 +14,12 @@ import torch
 
 class TaskMetrics:
     def __init__(self, task: str, num_classes: int | None = None):
-        import torchmetrics  # ~1 s to import: only when metrics are needed
+        self.task, self.metrics = task, None  # reconstruction / language model: loss only
+        if task not in ("multiclass", "binary", "regression"):
+            return
+        import torchmetrics  # 1-3 s to import: only when there are metrics to compute
         from torchmetrics import classification as C
 
-        self.task = task
         if task in ("multiclass", "binary"):
             n = 2 if task == "binary" else int(num_classes)
             self.metrics = torchmetrics.MetricCollection({
@@ -27,11 +29,9 @@ class TaskMetrics:
                 "f1_macro": C.MulticlassF1Score(n, average="macro"),
                 "confusion_matrix": C.MulticlassConfusionMatrix(n),
             })
-        elif task == "regression":
+        else:
             self.metrics = torchmetrics.MetricCollection({
                 "mse": torchmetrics.MeanSquaredError(), "mae": torchmetrics.MeanAbsoluteError()})
-        else:
-            self.metrics = None  # reconstruction / language model: loss only
 
     def update(self, outputs: torch.Tensor, target: torch.Tensor) -> None:
         if self.metrics is None:
