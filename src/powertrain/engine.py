@@ -56,6 +56,7 @@ class Trainer:
         self.task, self.num_classes = data.meta.task, data.meta.num_classes
         self._augment = data.meta.extra.get("augment")
         self.model = model.to(self.device)
+        self._model_loss = getattr(model, "compute_loss", None)  # looked up once, not per step
         probe = next(self.data.train.batches(torch.arange(min(2, len(self.data.train))), 2))
         dry_run(self.model, probe[0])  # shape bugs fail here, naming the layer, not deep in a step
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model
@@ -91,7 +92,7 @@ class Trainer:
     def compute_loss(self, batch: tuple, outputs) -> torch.Tensor:
         """Mean loss of a batch: the model's own `compute_loss(batch, outputs)` if it has one
         (e.g. a VAE's ELBO), else the default for the dataset's task."""
-        own = getattr(self.model, "compute_loss", None)
+        own = self._model_loss
         if own is not None:
             return own(batch, outputs)
         y = batch[-1]
@@ -111,15 +112,19 @@ class Trainer:
         """One optimizer update over `batch` (split into `accumulate` micro-batches); returns the loss."""
         self.optimizer.zero_grad(set_to_none=True)
         n, acc = len(batch[0]), self.cfg.accumulate
-        chunks = [batch] if acc == 1 else list(zip(*(t.tensor_split(acc) for t in batch)))
-        total, t0 = 0.0, time.perf_counter()
-        for chunk in chunks:
+        t0 = time.perf_counter()
+        if acc == 1:  # the common case: nothing a plain loop would not do
             with self._autocast():
-                loss = self.compute_loss(chunk, self.forward(chunk))
-            if acc > 1:
-                loss = loss * (len(chunk[0]) / n)
+                loss = self.compute_loss(batch, self.forward(batch))
             (self.scaler.scale(loss) if self.scaler else loss).backward()
-            total = total + loss.detach()
+            total = loss.detach()
+        else:
+            total = 0.0
+            for chunk in zip(*(t.tensor_split(acc) for t in batch)):
+                with self._autocast():
+                    loss = self.compute_loss(chunk, self.forward(chunk)) * (len(chunk[0]) / n)
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                total = total + loss.detach()
         t1 = time.perf_counter()
         if self.cfg.grad_clip:
             if self.scaler:

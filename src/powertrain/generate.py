@@ -1,0 +1,54 @@
+"""Text from a trained language-model run: `generate(run_dir, prompt)` loads the run's newest
+checkpoint and continues the prompt, token by token, with the run's own vocabulary.
+
+>>> from powertrain.generate import generate
+>>> print(generate("runs/gpt-stdlib", prompt="def ", max_new_tokens=200))  # doctest: +SKIP
+def __init__(self, name, value):
+    ...
+
+The vocabulary is not stored in the run directory: it is rebuilt from the run's recipe (the same
+corpus, `max_chars` and level give the same characters in the same order), so the corpus must still
+be readable where the run was trained.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .errors import RecipeError, RunDirError
+
+
+def generate(run_dir: str | Path, prompt: str = "\n", max_new_tokens: int = 500, temperature: float = 0.8,
+             top_k: Optional[int] = 40, seed: int = 0) -> str:
+    """The prompt followed by `max_new_tokens` sampled tokens, as text.
+
+    `temperature` divides the logits (0: always the most likely token); `top_k` keeps only the k
+    most likely tokens (None: all); `seed` makes the draws repeatable."""
+    from .api import build_trainer
+    from .rundir import open_run
+
+    if max_new_tokens < 0:
+        raise RecipeError(f"max_new_tokens: expected a number >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise RecipeError(f"temperature: expected a number >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise RecipeError(f"top_k: expected a number >= 1 or none, got {top_k}")
+    if not prompt:
+        raise RecipeError("prompt: empty; give at least one character, e.g. --prompt 'def '")
+    path, recipe = open_run(run_dir)
+    trainer = build_trainer(recipe, path, callbacks=[])
+    model, vocab = trainer.model, trainer.data.meta.extra.get("vocab")
+    if not hasattr(model, "generate") or vocab is None:
+        raise RunDirError(f"'{path}' trained model '{recipe.model.name}' on data '{recipe.data.name}'; generating text "
+                          f"needs a language model (model gpt) on a text dataset, such as the gpt-stdlib recipe")
+    if not trainer.resume():
+        raise RunDirError(f"'{path}' has no checkpoint yet; finish it with `powertrain resume {path}`")
+    es = recipe.train.early_stop
+    if es is not None and es.restore_best:
+        trainer.restore_best()
+    idx = vocab.encode(prompt).to(trainer.device)  # a character outside the corpus is a DataError naming it
+    g = torch.Generator(device=trainer.device).manual_seed(seed)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=g)
+    return vocab.decode(out)
