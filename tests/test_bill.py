@@ -114,6 +114,18 @@ def test_bill_cli_recarbons(digits_run):
 def test_pareto_front():
     assert pareto_front([(1, 0.5), (2, 0.9), (3, 0.8), (2, 0.9)]) == [0, 1, 3]
     assert pareto_front([(5, 0.99), (1, 0.1)]) == [0, 1]
+    assert pareto_front([(1, 0.5), (2, 0.9), (3, 0.1)], higher_is_better=False) == [0, 2]  # e.g. a loss
+
+
+def test_compare_keeps_one_front_per_dataset(digits_run, tmp_path):
+    """A 4/4 XOR run is cheaper and 'more accurate' than any digits run, but must not dominate them."""
+    from powertrain.report import compare, table
+
+    xor = powertrain.train("xor", ["train.epochs=400"], out=tmp_path / "x", callbacks=[]).dir
+    rows, _ = compare([digits_run.dir, xor])
+    assert [r["data"] for r in rows] == ["digits", "xor"]
+    assert all(r.get("pareto_energy_j") and r.get("pareto_train_flops") for r in rows)
+    assert "2 datasets" in table(rows, "accuracy")
 
 
 def test_compare_writes_pareto_png(digits_run, tmp_path):
