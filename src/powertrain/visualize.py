@@ -40,32 +40,39 @@ def _to_pixels(x: torch.Tensor, normalization: Optional[dict]) -> torch.Tensor:
     return img.clamp(0, 1)
 
 
+CELL_IN, GAP_IN, LABEL_IN, TITLE_IN, DPI = 1.0, 0.06, 0.18, 0.35, 100  # the grid's geometry, in inches
+
+
 def _save_grid(rows: list[torch.Tensor], path: str | Path, titles: Optional[list[str]] = None, title: str = "") -> Path:
-    """Each row a (N, H, W, C) tensor in [0, 1]; one picture per cell, no axes."""
+    """Each row a (N, H, W, C) tensor in [0, 1]; one picture per CELL_IN-inch cell, no axes, a label
+    above each row (`titles`) and a `title` on top; the layout is fixed, so cell (i, j) is centred
+    at x = (j + 0.5) * CELL_IN, y = TITLE_IN + i * (LABEL_IN + CELL_IN) + LABEL_IN + CELL_IN / 2 inches
+    from the top left (LABEL_IN and TITLE_IN count only when there are labels or a title)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * 1.0, n_rows * 1.0 + (0.4 if title else 0)),
-                             squeeze=False)
+    label_in, title_in = (LABEL_IN if titles else 0.0), (TITLE_IN if title else 0.0)
+    w_in, h_in = n_cols * CELL_IN, title_in + n_rows * (label_in + CELL_IN)
+    fig = plt.figure(figsize=(w_in, h_in), dpi=DPI)
     for i, row in enumerate(rows):
-        for j in range(n_cols):
-            ax = axes[i][j]
-            ax.set_axis_off()
-            if j < len(row):
-                img = row[j].numpy()
-                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1,
-                          interpolation="nearest")
+        top_in = title_in + i * (label_in + CELL_IN) + label_in  # top edge of the row's cells
         if titles:
-            axes[i][0].set_title(titles[i], fontsize=7, loc="left")
+            fig.text(GAP_IN / w_in, 1 - (top_in - label_in / 2) / h_in, titles[i], fontsize=7, va="center")
+        for j in range(len(row)):
+            box = (j * CELL_IN + GAP_IN / 2, h_in - top_in - CELL_IN + GAP_IN / 2, CELL_IN - GAP_IN, CELL_IN - GAP_IN)
+            ax = fig.add_axes((box[0] / w_in, box[1] / h_in, box[2] / w_in, box[3] / h_in))
+            ax.set_axis_off()
+            img = row[j].numpy()
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.2)
+        fig.text(0.5, 1 - title_in / 2 / h_in, title, fontsize=9, ha="center", va="center")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
@@ -88,8 +95,10 @@ def reconstruction_grid(model: nn.Module, data, path: str | Path, n: int = 10, s
     out = out[0] if isinstance(out, (tuple, list)) else out
     norm = data.meta.extra.get("normalization")
     mse = float(((out.reshape(x.shape) - x) ** 2).mean())
+    how = " (decoded posterior mean)" if hasattr(model, "reconstruct") else ""
     return _save_grid([_to_pixels(x, norm), _to_pixels(out.reshape(x.shape), norm)], path,
-                      ["input", "reconstruction"], f"{type(model).__name__}: {split} samples, MSE {mse:.4f} (these {len(x)})")
+                      [f"input ({split} split)", f"reconstruction{how}"],
+                      f"{type(model).__name__}: the first {len(x)} {split} inputs and their reconstructions; MSE over these: {mse:.4f}")
 
 
 @torch.no_grad()
