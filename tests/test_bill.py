@@ -157,3 +157,14 @@ def test_plan_from_run_is_calibrated(digits_run):
     assert p["mfu"]["value"] == pytest.approx(digits_run.bill["mfu"]["value"]) and "measured" in p["mfu"]["source"]
     jpf = digits_run.bill["energy"]["total_j"] / digits_run.bill["flops"]["train_total"]
     assert p["energy_j"] == pytest.approx(6e14 * jpf) and any("transfer" in n for n in p["notes"])
+
+
+def test_each_epoch_is_a_meter_window_logged_to_metrics(digits_run):
+    """Two epochs: two 'epoch' windows whose FLOPs add up to the fit's training FLOPs."""
+    records = [json.loads(line) for line in (digits_run.dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r.get("window") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and not any(r["partial"] for r in epochs)
+    assert sum(r["flops"] for r in epochs) == digits_run.bill["flops"]["train_total"]
+    assert all(r["time_s"] > 0 and r["energy_j"] > 0 and r["energy_method"] for r in epochs)
+    assert digits_run.bill["energy"]["windows"]["epoch"]["count"] == 2
+

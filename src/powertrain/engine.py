@@ -161,6 +161,7 @@ class Trainer:
         try:
             while self.step < self.total_steps and self.stop_reason is None:
                 epoch, start = divmod(self.step, spe)
+                self._epoch_window(begin=True)
                 t_data = time.perf_counter()
                 for batch in self.data.train.batches(self.epoch_order(epoch), cfg.batch_size, start):
                     if self._augment is not None:  # train batches only; draws from the checkpointed RNG
@@ -176,6 +177,7 @@ class Trainer:
                     elif cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
                         self.save_checkpoint()
                     t_data = time.perf_counter()
+                self._epoch_window(begin=False)
                 if (self.step % spe == 0 and not cfg.eval_every_steps
                         and (self.step // spe) % cfg.eval_every_epochs == 0 and self.step < self.total_steps):
                     self._evaluate_and_checkpoint()
@@ -189,11 +191,27 @@ class Trainer:
             raise
         finally:
             self._in_fit = False
+            if self.meter and "epoch" in self.meter._open:  # interrupted mid-epoch
+                self._epoch_window(begin=False)
             if self.meter:
                 self.meter.end("fit", flops=self.train_flops(self._fit_start_step, self.step))
             for cb in self.callbacks:
                 cb.on_fit_end(self)
         return self
+
+    def _epoch_window(self, begin: bool) -> None:
+        """Meter window around one epoch's training steps; its time, FLOPs and energy go to
+        metrics.jsonl as {"step", "epoch", "window": "epoch", ...} ("partial": started mid-epoch)."""
+        if not self.meter:
+            return
+        if begin:
+            self.meter.begin("epoch")
+            self._epoch_start_step = self.step
+            return
+        w = self.meter.end("epoch", flops=self.train_flops(self._epoch_start_step, self.step))
+        self.log({"step": self.step, "epoch": self.epoch, "window": "epoch", "time_s": w.time_s, "flops": w.flops,
+                  "energy_j": w.energy_j, "energy_method": w.energy_method,
+                  "partial": self._epoch_start_step % self.steps_per_epoch != 0 or self.step % self.steps_per_epoch != 0})
 
     # ------------------------------------------------------------ FLOPs (counted once per shape)
     def batch_size_at(self, step: int) -> int:
