@@ -15,10 +15,11 @@ from typing import Optional
 import torch
 import yaml
 
-from . import data, models, rundir
+from . import data, models, rundir, visualize
 from .bill import carbon_model, make_bill, write_bill
 from .engine import Trainer
 from .measure import Meter
+from .metrics import loss_names
 from .hardware import environment, resolve_device
 from .recipe import Recipe, load_recipe
 
@@ -59,6 +60,11 @@ def _fit_and_evaluate(trainer: Trainer, recipe: Recipe, run_dir: Path) -> Run:
         raise
     _final_weights(trainer, recipe)
     results = {s: trainer.evaluate(s) for s in ("test", "val") if getattr(trainer.data, s) is not None}
+    for split_metrics in results.values():  # reconstruction: the loss also as "mse" (AE) or "elbo_nats" (VAE)
+        split_metrics.update(loss_names(trainer.model, trainer.task, split_metrics["loss"]))
+    figures = visualize.run_figures(trainer, run_dir)  # reconstructions.png, and samples.png for a VAE
+    if figures:
+        results["figures"] = [p.name for p in figures]
     results["stop_reason"] = trainer.stop_reason
     results["step"] = trainer.step
     rundir.write_json(run_dir / "eval.json", results)

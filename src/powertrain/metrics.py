@@ -53,3 +53,22 @@ class TaskMetrics:
             out[k] = v.tolist() if v.dim() else float(v)
         self.metrics.reset()
         return out
+
+
+def loss_names(model, task: str, loss: float) -> dict:
+    """A reconstruction run's evaluation loss under the name of what it measures (the other tasks' metrics
+    are TaskMetrics'): {"mse": loss} for a model trained on the Trainer's default loss (an autoencoder: the
+    mean squared error over all values, in the data's units), {"elbo_nats": ...} for a model with
+    `elbo_nats(loss)` (a VAE, whose loss is its negative ELBO per sample), else {}.
+
+    >>> loss_names(torch.nn.Identity(), "reconstruction", 0.25)
+    {'mse': 0.25}
+    >>> loss_names(torch.nn.Identity(), "multiclass", 0.25)
+    {}
+    """
+    if task != "reconstruction":
+        return {}
+    if hasattr(model, "elbo_nats"):
+        elbo = model.elbo_nats(loss)
+        return {} if elbo is None else {"elbo_nats": elbo}
+    return {"mse": loss} if getattr(model, "compute_loss", None) is None else {}

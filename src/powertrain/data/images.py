@@ -24,7 +24,7 @@ from typing import Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch.utils.data import Dataset
 
 from ..errors import DataError
@@ -392,6 +392,14 @@ class ImageFolderOptions(ImageOptions):
     channels: Literal[1, 3] = 3  # 3: RGB, 1: grayscale
     fit: Literal["stretch", "crop"] = "stretch"  # stretch to size, or center-crop to its aspect ratio first
     test_fraction: float = Field(0.2, gt=0, lt=1)  # held out as test when there is no test/ subfolder
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_given(cls, values):  # say what the folder must hold, not only that the key is missing
+        if isinstance(values, dict) and values.get("path") is None:
+            raise ValueError("image-folder needs a folder of images: set data.path=DIR, where DIR has one "
+                             "subfolder of PNG/JPEG images per class (or train/ and test/ folders laid out that way)")
+        return values
 
 
 def _visible(name: str) -> bool:

@@ -152,6 +152,15 @@ class VAE(nn.Module):
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
         return (nll + self.beta * kl).mean()
 
+    def elbo_nats(self, mean_loss: float) -> Optional[float]:
+        """The ELBO per sample, in nats, that a mean of `compute_loss` stands for: -loss, with the constant that
+        the mse loss drops (0.5 * log(2 pi) per value) put back; None for beta != 1, where the loss is the
+        beta-VAE objective and not the negative ELBO."""
+        if self.beta != 1:
+            return None
+        const = 0.5 * math.log(2 * math.pi) * math.prod(self.input_shape) if self.recon_loss == "mse" else 0.0
+        return -(mean_loss + const)
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Decode the posterior mean: the VAE's best reconstruction of x, without sampling noise."""
