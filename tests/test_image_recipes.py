@@ -15,7 +15,7 @@ from datafiles import write_cifar_bin, write_idx_dataset, write_image_folder  # 
 
 from powertrain import api, load_recipe, models  # noqa: E402
 from powertrain.data import DataMeta  # noqa: E402
-from powertrain.errors import DataError, RecipeError  # noqa: E402
+from powertrain.errors import DataError  # noqa: E402
 
 QUICK = ["train.max_steps=3", "train.batch_size=8"]
 
@@ -35,8 +35,7 @@ def keras_cnn_params(size: int, channels: list[int], pools: list[int], dense: li
 
 
 def recipe_model(name: str, input_shape, classes: int):
-    return models.build(load_recipe(name, ["data.path=/unused"] if name == "image224-cnn" else []).model.model_dump(),
-                        DataMeta(input_shape, "multiclass", classes))
+    return models.build(load_recipe(name).model.model_dump(), DataMeta(input_shape, "multiclass", classes))
 
 
 def test_keras_cnns_parameter_counts():
@@ -118,6 +117,10 @@ def test_image224_cnn_trains_on_an_image_folder(tmp_path):
     assert 0 <= eval_json(run)["test"]["accuracy"] <= 1
 
 
-def test_image224_cnn_without_a_path_says_to_set_it():
-    with pytest.raises(RecipeError, match=r"set data\.path=DIR, where DIR has one subfolder of PNG/JPEG images per class"):
-        load_recipe("image224-cnn")
+def test_image224_cnn_without_a_path_says_to_set_it(tmp_path):
+    with pytest.raises(DataError) as e:
+        api.train("image224-cnn", out=tmp_path / "run", callbacks=[])
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("image-folder: data.path is not set; set data.path=DIR, where DIR has one subfolder of "
+                          "PNG/JPEG images per class")

@@ -24,7 +24,7 @@ from typing import Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch.utils.data import Dataset
 
 from ..errors import DataError
@@ -387,19 +387,11 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 class ImageFolderOptions(ImageOptions):
-    path: str  # root: class subfolders, or train/ and test/ (and optionally val/) each with class subfolders
+    path: Optional[str] = None  # required (checked when built): class subfolders, or train/ and test/ (and val/) of them
     size: int | tuple[int, int] = 224  # output size: S for S x S, or (height, width)
     channels: Literal[1, 3] = 3  # 3: RGB, 1: grayscale
     fit: Literal["stretch", "crop"] = "stretch"  # stretch to size, or center-crop to its aspect ratio first
     test_fraction: float = Field(0.2, gt=0, lt=1)  # held out as test when there is no test/ subfolder
-
-    @model_validator(mode="before")
-    @classmethod
-    def _path_given(cls, values):  # say what the folder must hold, not only that the key is missing
-        if isinstance(values, dict) and values.get("path") is None:
-            raise ValueError("image-folder needs a folder of images: set data.path=DIR, where DIR has one "
-                             "subfolder of PNG/JPEG images per class (or train/ and test/ folders laid out that way)")
-        return values
 
 
 def _visible(name: str) -> bool:
@@ -464,6 +456,9 @@ STATS_SAMPLES = 2000  # lazy folders: normalisation statistics from at most this
 @DATASETS.register("image-folder", ImageFolderOptions)
 def image_folder(opts: ImageFolderOptions, seed: int) -> DataBundle:
     """Folders of PNG/JPEG, one subfolder per class, resized to `size`; split by train/ test/ or by fraction."""
+    if opts.path is None:  # optional in the schema so that recipes such as image224-cnn parse without one
+        raise DataError("image-folder: data.path is not set; set data.path=DIR, where DIR has one subfolder of "
+                        "PNG/JPEG images per class (or train/ and test/ folders laid out that way)")
     root = Path(opts.path).expanduser()
     if not root.is_dir():
         raise DataError(f"image-folder: {root} is not a directory; set data.path to a folder with one subfolder "
