@@ -6,7 +6,6 @@ energy backends) and off, interleaved, best of N each. Bar: metering adds <= 1% 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,8 @@ import torch
 import powertrain
 from powertrain import Callback, api
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+from docs_section import write_section
+
 
 
 class StepClock(Callback):
@@ -60,14 +60,10 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        section = (f"## Metering overhead (bench/meter_overhead.py)\n\nCPU, {torch.get_num_threads()} threads, torch "
-                   f"{torch.__version__}, {time.strftime('%Y-%m-%d')}; best of {args.repeats} interleaved runs; the "
-                   f"Meter's FLOP count (once, before training) is outside the timed steps.\n"
-                   f"Command: `python bench/meter_overhead.py`\n\n{table}\n")
-        text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-        pattern = re.compile(r"## Metering overhead.*?(?=\n## |\Z)", re.S)
-        text = pattern.sub(section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-        DOCS.write_text(text)
+        write_section("Metering overhead (bench/meter_overhead.py)",
+                      f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
+                      f"best of {args.repeats} interleaved runs; the Meter's FLOP count (once, before training) is "
+                      f"outside the timed steps.\nCommand: `python bench/meter_overhead.py`\n\n{table}")
     sys.exit(0 if all(r["overhead"] <= 0.01 for r in rows) else 1)
 
 

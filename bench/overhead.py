@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,8 @@ import powertrain
 from powertrain import Callback, Trainer, data, models
 from powertrain.callbacks import Progress
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+from docs_section import write_section
+
 
 
 def torch_optimizer(params, tc):
@@ -115,14 +115,10 @@ def main() -> None:
     table = write_table(rows)
     print(table)
     if not args.no_write:
-        section = (f"## Engine overhead (bench/overhead.py)\n\nCPU: {torch.get_num_threads()} threads, torch {torch.__version__}, "
-                   f"{time.strftime('%Y-%m-%d')}; best of {args.repeats} interleaved runs each; compile off, fp32.\n"
-                   f"Command: `python bench/overhead.py`\n\n{table}\n")
-        DOCS.parent.mkdir(exist_ok=True)
-        text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-        pattern = re.compile(r"## Engine overhead.*?(?=\n## |\Z)", re.S)
-        text = pattern.sub(section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-        DOCS.write_text(text)
+        write_section("Engine overhead (bench/overhead.py)",
+                      f"CPU: {torch.get_num_threads()} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
+                      f"best of {args.repeats} interleaved runs each; compile off, fp32.\n"
+                      f"Command: `python bench/overhead.py`\n\n{table}")
     sys.exit(0 if all(r["ratio"] >= 0.95 and r["loss_diff"] <= 1e-6 for r in rows) else 1)
 
 
