@@ -1,5 +1,5 @@
 """Task metrics through torchmetrics: accuracy, macro precision/recall/F1 and the confusion matrix
-for classification; MSE and MAE for regression. The loss is averaged by the trainer.
+for classification; MSE, MAE and R² for regression. The loss is averaged by the trainer.
 
 >>> import torch
 >>> m = TaskMetrics("multiclass", num_classes=3)
@@ -31,7 +31,8 @@ class TaskMetrics:
             })
         else:
             self.metrics = torchmetrics.MetricCollection({
-                "mse": torchmetrics.MeanSquaredError(), "mae": torchmetrics.MeanAbsoluteError()})
+                "mse": torchmetrics.MeanSquaredError(), "mae": torchmetrics.MeanAbsoluteError(),
+                "r2": torchmetrics.R2Score()})
 
     def update(self, outputs: torch.Tensor, target: torch.Tensor) -> None:
         if self.metrics is None:
