@@ -100,6 +100,28 @@ def cmd_peak(args) -> int:
     return 0
 
 
+def _number(text: str, flag: str, kind: type, expected: str):
+    """`text` as an int or float for `flag`, or a one-line RecipeError (argparse would print usage too)."""
+    try:
+        return kind(text)
+    except ValueError:
+        from .errors import RecipeError
+
+        raise RecipeError(f"{flag}: expected {expected}, got '{text}'") from None
+
+
+def cmd_generate(args) -> int:
+    from .generate import generate
+
+    top_k = _number(args.top_k, "--top-k", int, "a whole number >= 1, or 0 for no limit")
+    text = generate(args.run_dir, prompt=args.prompt,
+                    max_new_tokens=_number(args.max_new_tokens, "--max-new-tokens", int, "a whole number >= 0"),
+                    temperature=_number(args.temperature, "--temperature", float, "a number >= 0 (0: greedy)"),
+                    top_k=top_k or None, seed=_number(args.seed, "--seed", int, "a whole number"))
+    print(text)
+    return 0
+
+
 def cmd_recipes(args) -> int:
     import yaml
 
@@ -135,6 +157,15 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     sub.add_parser("recipes", help="list the built-in recipes").set_defaults(func=cmd_recipes)
+
+    g = sub.add_parser("generate", help="continue a prompt with a trained language model (e.g. gpt-stdlib)")
+    g.add_argument("run_dir")
+    g.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    g.add_argument("--max-new-tokens", dest="max_new_tokens", default="500", help="tokens to add (default 500)")
+    g.add_argument("--temperature", default="0.8", help="divides the logits; 0 takes the most likely token (default 0.8)")
+    g.add_argument("--top-k", dest="top_k", default="40", help="sample among the k most likely tokens; 0: all (default 40)")
+    g.add_argument("--seed", default="0", help="seed of the draws: the same seed gives the same text (default 0)")
+    g.set_defaults(func=cmd_generate)
 
     def carbon_args(q):
         q.add_argument("--region", help="grid region for CO2e (see `powertrain regions`) or g CO2e/kWh")

@@ -12,6 +12,7 @@ be readable where the run was trained.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -29,14 +30,14 @@ def generate(run_dir: str | Path, prompt: str = "\n", max_new_tokens: int = 500,
     from .api import build_trainer
     from .rundir import open_run
 
-    if max_new_tokens < 0:
-        raise RecipeError(f"max_new_tokens: expected a number >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise RecipeError(f"temperature: expected a number >= 0 (0: greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise RecipeError(f"top_k: expected a number >= 1 or none, got {top_k}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise RecipeError(f"max_new_tokens (--max-new-tokens): expected a whole number >= 0, got {max_new_tokens!r}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise RecipeError(f"temperature (--temperature): expected a finite number >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise RecipeError(f"top_k (--top-k): expected a whole number >= 1, or none for no limit, got {top_k!r}")
     if not prompt:
-        raise RecipeError("prompt: empty; give at least one character, e.g. --prompt 'def '")
+        raise RecipeError("prompt (--prompt): empty; give at least one character, e.g. --prompt 'def '")
     path, recipe = open_run(run_dir)
     trainer = build_trainer(recipe, path, callbacks=[])
     model, vocab = trainer.model, trainer.data.meta.extra.get("vocab")
