@@ -116,3 +116,14 @@ def test_reference_doc_lists_every_key():
     for cls in (TrainConfig, RunConfig, EarlyStop):
         for key in cls.model_fields:
             assert key in doc, f"docs/recipes.md does not document {cls.__name__}.{key}"
+
+
+def test_relative_data_path_resolves_next_to_the_recipe(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "t.csv").write_text("a,y\n1,0\n")
+    (tmp_path / "r.yaml").write_text("data: {name: csv, path: data/t.csv, target: y}\nmodel: {name: mlp}\n")
+    monkeypatch.chdir(tmp_path.parent)  # not the recipe's folder
+    assert load_recipe(str(tmp_path / "r.yaml")).data.model_dump()["path"] == str(tmp_path / "data" / "t.csv")
+    (tmp_path / "r2.yaml").write_text("data: {name: csv, path: elsewhere.csv, target: y}\nmodel: {name: mlp}\n")
+    assert load_recipe(str(tmp_path / "r2.yaml")).data.model_dump()["path"] == "elsewhere.csv"  # left for the cwd
+

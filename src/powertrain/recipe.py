@@ -156,6 +156,11 @@ def _read(source: str | Path) -> dict:
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe file '{path}': expected a mapping with sections data, model, train, run")
     raw.setdefault("name", path.stem)
+    data = raw.get("data")
+    for key in ("path", "test_path"):  # a relative data file next to the recipe wins over the working directory
+        rel = data.get(key) if isinstance(data, dict) else None
+        if isinstance(rel, str) and not Path(rel).expanduser().is_absolute() and (path.parent / rel).exists():
+            data[key] = str((path.parent / rel).resolve())
     return raw
 
 
