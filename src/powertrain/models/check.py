@@ -5,6 +5,8 @@ no state (BatchNorm statistics stay as they are).
 """
 from __future__ import annotations
 
+import ast
+import math
 import re
 
 import torch
@@ -71,6 +73,9 @@ def dry_run(model: nn.Module, sample: torch.Tensor):
     if isinstance(first, torch.Tensor) and first.dim() > 0 and first.shape[0] != batch:
         culprit = next(((n, s) for n, s, _ in trace if not s.startswith(f"({batch},")), None)
         where = f" first at layer '{culprit[0]}', which got {culprit[1]}" if culprit else ""
+        if culprit and culprit[1].startswith("("):  # a tensor's shape: say what each sample had
+            where += (f": {math.prod(ast.literal_eval(culprit[1])) // batch} values per sample, but it expects "
+                      f"{_expects(dict(leaves)[culprit[0]])}")
         raise ShapeError(f"{cls}: a batch of {batch} samples came out as {first.shape[0]} rows{where}; "
                          f"a reshape (view) mixes samples: flatten with x.flatten(1) and fix the layer's size")
     return out
