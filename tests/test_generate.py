@@ -64,8 +64,10 @@ def test_cli_prints_the_generated_text(lm_run, capsys):
     assert main(["generate", str(lm_run), "--prompt", "def ", "--max-new-tokens", "25", "--seed", "3"]) == 0
     # the CLI's defaults are generate()'s: temperature 0.8, top_k 40
     assert capsys.readouterr().out == generate(lm_run, prompt="def ", max_new_tokens=25, seed=3) + "\n"
-    assert main(["generate", str(lm_run), "--prompt", "def ", "--max-new-tokens", "12", "--temperature", "0",
-                 "--top-k", "0"]) == 0
+    assert main(["generate", str(lm_run), "--prompt", "def ", "--max-new-tokens", "25", "--temperature", "1.5",
+                 "--top-k", "0"]) == 0  # 0: no top-k limit
+    assert capsys.readouterr().out == generate(lm_run, "def ", 25, temperature=1.5, top_k=None) + "\n"
+    assert main(["generate", str(lm_run), "--prompt", "def ", "--max-new-tokens", "12", "--temperature", "0"]) == 0
     assert capsys.readouterr().out == hand_greedy(lm_run, "def ", 12) + "\n"
 
 
@@ -115,7 +117,8 @@ def test_gpt_stdlib_recipe_trains_and_generates(tmp_path, capsys):
     vocab = run.trainer.data.meta.extra["vocab"]
     assert run.trainer.data.meta.extra["source"] == sysconfig.get_paths()["stdlib"]
     assert run.metrics["step"] == 2 and run.metrics["stop_reason"] == "completed"
-    assert "test" not in run.metrics and math.log(vocab.size) - 1 < run.metrics["val"]["loss"] < math.log(vocab.size) + 1
+    assert "test" not in run.metrics  # test_fraction 0: the val tail is the only held-out text
+    assert abs(run.metrics["val"]["loss"] - math.log(vocab.size)) < 1  # 2 steps: still near uniform
     d, L, B = 128, 4, 256  # the recipe's model: nanoGPT's parameter formula, weight-tied, no biases
     assert models.count_params(run.trainer.model) == vocab.size * d + B * d + L * (12 * d * d + 2 * d) + d
     assert main(["generate", str(tmp_path / "g"), "--prompt", "def ", "--max-new-tokens", "5"]) == 0
