@@ -22,8 +22,8 @@ FASHION = DataMeta((1, 28, 28), "multiclass", 10)
 def compute_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple, tuple]]:
     """(type, input shape, output shape) of every Conv2d and Linear, in the order they run."""
     seen = []
-    hooks = [m.register_forward_hook(lambda m, a, out: seen.append((type(m).__name__, tuple(a[0].shape), tuple(out.shape))))
-             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    record = lambda m, a, out: seen.append((type(m).__name__, tuple(a[0].shape), tuple(out.shape)))  # noqa: E731
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     model(x)
     for h in hooks:
         h.remove()
@@ -59,7 +59,7 @@ def fashion_dir(tmp_path):
 
 @pytest.mark.parametrize("recipe,overrides,params", [
     ("fashion-convnet", ["train.max_steps=3"], 421_642),
-    # the CPU smoke run of a GPU recipe: `powertrain train fashion-resnet train.max_steps=20 data.train_limit=2000`, smaller
+    # the GPU recipe's CPU smoke run (`train.max_steps=20 data.train_limit=2000` on the real data), smaller
     ("fashion-resnet", ["train.max_steps=2", "train.batch_size=16", "data.train_limit=32"], 696_042),
 ])
 def test_recipe_runs_end_to_end_through_the_cli(recipe, overrides, params, fashion_dir, tmp_path, capsys):
