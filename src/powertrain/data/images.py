@@ -67,6 +67,9 @@ class ImageSplit:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
         assert images.dtype == torch.uint8 and images.dim() == 4 and len(images) == len(labels)
+        dense = torch.empty(images.shape, dtype=images.dtype, device="meta").stride()
+        if images.stride() != dense:  # e.g. (784, 0, 28, 1) from numpy's arr[:, None]: convs would take it for
+            images = images.clone(memory_format=torch.contiguous_format)  # channels_last, and x.view(...) would fail
         self.images, self.labels = images, labels
         self.mean, self.std = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
         self.identity = _is_identity(mean.cpu(), std.cpu())  # once here, not a device sync per batch
