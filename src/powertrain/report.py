@@ -6,6 +6,11 @@ metric against energy and against training FLOPs. Reads run directories only.
 
 Runs on different datasets are not comparable: each dataset (its name, path and test limit) gets its
 own front and colour. For metrics where lower is better (loss, mse, mae, ...) the front flips.
+
+A derived run (pruned, quantized: its derived.json names its parent) costs its parent's training plus
+its own: its time, FLOPs, energy and CO2e are the sums along its line of parents. On the plot a child
+is marked by its method and joined to its parent by an arrow; a third panel puts the metric against
+the model's size on disk, where quantization shows.
 """
 from __future__ import annotations
 
@@ -32,8 +37,56 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = Tru
     return front
 
 
+COSTS = ("time_s", "train_flops", "energy_j", "co2e_g")  # summed along a derived run's parents
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _costs(bill: dict) -> dict:
+    return {"time_s": bill.get("time_s", {}).get("total"), "train_flops": bill.get("flops", {}).get("train_total"),
+            "energy_j": bill.get("energy", {}).get("total_j"), "co2e_g": bill.get("co2e_g")}
+
+
+def _method_label(derived: dict) -> str:
+    s = derived.get("settings", {})
+    if derived.get("method") == "prune" and "sparsity" in s:
+        return f"prune {s['sparsity']:.0%}"
+    if derived.get("method") == "quantize" and "mode" in s:
+        return f"int8 {s['mode']}"
+    return str(derived.get("method", "derived"))
+
+
+def _weights_bytes(path: Path, derived: Optional[dict]) -> Optional[int]:
+    """Size on disk of the model's weights: the int8 file of a quantized run, else the newest checkpoint's."""
+    if derived and derived.get("method") == "quantize":
+        f = path / "checkpoints" / "quantized.safetensors"
+        return f.stat().st_size if f.is_file() else None
+    found = sorted((path / "checkpoints").glob("step-*/model.safetensors"))
+    return found[-1].stat().st_size if found else None
+
+
+def _lineage_costs(path: Path, derived: dict, own: dict) -> tuple[dict, Optional[str]]:
+    """Own costs plus every ancestor's; (own costs, a note) if an ancestor's bill cannot be read."""
+    total, seen, info = dict(own), {path.resolve()}, derived
+    while info and info.get("parent"):
+        parent = Path(info["parent"])
+        bill = _read_json(parent / "bill.json")
+        if parent.resolve() in seen or bill is None:
+            return own, f"parent '{parent}' has no readable bill: own cost only"
+        seen.add(parent.resolve())
+        for k, v in _costs(bill).items():
+            total[k] = None if v is None or total[k] is None else total[k] + v
+        info = _read_json(parent / "derived.json")
+    return total, None
+
+
 def load_row(run_dir: str | Path, metric: str = "accuracy", split: str = "test") -> dict:
-    """One run's comparable numbers from eval.json and bill.json."""
+    """One run's comparable numbers from eval.json and bill.json (and derived.json, for a derived run)."""
     path, recipe = open_run(run_dir)
     try:
         ev = json.loads((path / "eval.json").read_text())
@@ -44,12 +97,17 @@ def load_row(run_dir: str | Path, metric: str = "accuracy", split: str = "test")
     if value is None:
         have = ", ".join(k for k, v in ev.get(split, {}).items() if isinstance(v, float))
         raise RunDirError(f"'{path}': eval.json has no {split} '{metric}'; pass --metric one of: {have}")
-    energy = bill.get("energy", {})
+    derived = _read_json(path / "derived.json")
+    own = _costs(bill)
+    costs, note = _lineage_costs(path, derived, own) if derived else (own, None)
     return {
         "run": path.name, "dir": str(path), "data": _data_key(recipe.data.model_dump()),
-        "metric": value, "params": bill.get("params"), "train_flops": bill.get("flops", {}).get("train_total"),
-        "time_s": bill.get("time_s", {}).get("total"), "energy_j": energy.get("total_j"),
-        "energy_method": energy.get("method"), "co2e_g": bill.get("co2e_g"),
+        "metric": value, "params": bill.get("params"), **costs,
+        "energy_method": bill.get("energy", {}).get("method"),
+        "size_bytes": _weights_bytes(path, derived),
+        "parent": derived.get("parent") if derived else None,
+        "method": _method_label(derived) if derived else None,
+        "own": own if derived else None, "lineage_note": note,
     }
 
 
@@ -68,7 +126,7 @@ def compare(run_dirs: list[str | Path], metric: str = "accuracy", split: str = "
     """Rows for each run (printed by the CLI) and, with `png`, the Pareto plot written there."""
     rows = [load_row(d, metric, split) for d in run_dirs]
     higher = metric not in LOWER_IS_BETTER
-    for key in ("energy_j", "train_flops"):
+    for key in ("energy_j", "train_flops", "size_bytes"):
         for data_key in dict.fromkeys(r["data"] for r in rows):  # one front per dataset
             idx = [i for i, r in enumerate(rows) if r[key] is not None and r["data"] == data_key]
             for k in pareto_front([(rows[i][key], rows[i]["metric"]) for i in idx], higher):
@@ -86,6 +144,15 @@ def table(rows: list[dict], metric: str) -> str:
                      f"{_fmt(r['time_s'], '.1f'):>8} {_fmt(r['energy_j'], '.4g'):>10} {_fmt(r['co2e_g'], '.3g'):>8}  {mark:<6}  "
                      f"{r['energy_method'] or '-'}")
     lines.append("pareto: E = on the metric-vs-energy front, F = on the metric-vs-FLOPs front")
+    children = [r for r in rows if r.get("parent")]
+    if children:
+        names = {str(Path(r["dir"]).resolve()): r["run"] for r in rows}
+        for r in children:
+            parent = names.get(str(Path(r["parent"]).resolve()), r["parent"])
+            own = r["own"] or {}
+            lines.append(f"derived: {r['run']} = {r['method']} of {parent} (own energy {_fmt(own.get('energy_j'), '.4g')} J, "
+                         f"own FLOPs {_fmt(own.get('train_flops'), '.3g')})" + (f"; {r['lineage_note']}" if r["lineage_note"] else ""))
+        lines.append("note: a derived run's time, FLOPs, energy and CO2e include its parents' training")
     datasets = list(dict.fromkeys(r["data"] for r in rows))
     if len(datasets) > 1:
         lines.append(f"note: these runs use {len(datasets)} datasets ({'; '.join(datasets)}); metrics are comparable "
@@ -93,35 +160,67 @@ def table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
+MARKERS = {"prune": "v", "int8 dynamic": "s", "int8 static": "P"}  # children by method; others "D"
+
+
+def _marker(method: Optional[str]) -> str:
+    if not method:
+        return "o"
+    return MARKERS.get(method, MARKERS.get(method.split()[0], "D"))
+
+
+def _arrows(ax, rows: list[dict], key: str) -> None:
+    """An arrow from each parent in `rows` to its child, at (cost, metric)."""
+    at = {str(Path(r["dir"]).resolve()): r for r in rows if r[key] is not None}
+    for r in rows:
+        p = at.get(str(Path(r["parent"]).resolve())) if r.get("parent") and r[key] is not None else None
+        if p is not None:
+            ax.annotate("", xy=(r[key], r["metric"]), xytext=(p[key], p["metric"]), zorder=1,
+                        arrowprops={"arrowstyle": "->", "color": "0.45", "linestyle": "--", "lw": 1})
+
+
 def plot(rows: list[dict], metric: str, split: str, png: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, key, label in ((axes[0], "energy_j", "training energy (J)"), (axes[1], "train_flops", "training FLOPs")):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    panels = ((axes[0], "energy_j", "training energy (J)"), (axes[1], "train_flops", "training FLOPs"),
+              (axes[2], "size_bytes", "model size on disk (bytes)"))
+    methods = sorted({r["method"] for r in rows if r.get("method")})
+    for ax, key, label in panels:
         pts = [r for r in rows if r[key] is not None]
         if not pts:
-            ax.text(0.5, 0.5, f"no {label} in these runs' bills", ha="center", va="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, f"no {label} in these runs", ha="center", va="center", transform=ax.transAxes)
             continue
         groups = list(dict.fromkeys(r["data"] for r in pts))
         for g, color in zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
             mine = [r for r in pts if r["data"] == g]
             prefix = f"{g}: " if len(groups) > 1 else ""
-            ax.scatter([r[key] for r in mine], [r["metric"] for r in mine], color=color, alpha=0.45, zorder=2)
+            for r in mine:
+                ax.scatter([r[key]], [r["metric"]], color=color, alpha=0.55, zorder=2, marker=_marker(r.get("method")), s=40)
             front = sorted((r for r in mine if r.get(f"pareto_{key}")), key=lambda r: r[key])
-            ax.plot([r[key] for r in front], [r["metric"] for r in front], "-o", color=color, zorder=3,
+            ax.plot([r[key] for r in front], [r["metric"] for r in front], "-", color=color, zorder=3,
                     label=f"{prefix}Pareto front")
+        _arrows(ax, pts, key)
         for r in pts:
-            ax.annotate(r["run"], (r[key], r["metric"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
+            text = r["run"] + (f" ({r['method']})" if r.get("method") else "")
+            ax.annotate(text, (r[key], r["metric"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        xs = [r[key] for r in pts if r[key] > 0]
+        if xs and max(xs) > 20 * min(xs):  # a log axis over less than a decade or so has no readable ticks
+            ax.set_xscale("log")
+        ax.set_xlabel(label + (" (children: + parents')" if methods and key != "size_bytes" else ""))
         ax.set_ylabel(f"{split} {metric}")
         ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
-    methods = sorted({r["energy_method"] for r in rows if r["energy_method"]})
-    fig.suptitle(f"{split} {metric} vs cost" + (f"  (energy: {', '.join(methods)})" if methods else ""), fontsize=10)
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], marker=_marker(m), ls="", color="0.3", label=m) for m in methods]
+        if methods:
+            handles.append(Line2D([], [], ls="--", color="0.45", label="parent -> derived run"))
+        ax.legend(handles=handles, loc="best", fontsize=8)
+    energy = sorted({r["energy_method"] for r in rows if r["energy_method"]})
+    fig.suptitle(f"{split} {metric} vs cost" + (f"  (energy: {', '.join(energy)})" if energy else ""), fontsize=10)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)

@@ -1,0 +1,97 @@
+"""`powertrain prune | quantize | export`: the commands over powertrain.compress.
+
+`add_commands(subparsers)` adds them to the `powertrain` parser (cli.py calls it). Numbers are taken
+as text and checked by the library, so that a bad value is a one-line error naming the flag.
+"""
+from __future__ import annotations
+
+import json
+
+from ..errors import RecipeError
+
+
+def _number(text, flag: str, kind: type, expected: str):
+    if text is None or not isinstance(text, str):
+        return text
+    try:
+        return kind(text)
+    except ValueError:
+        raise RecipeError(f"{flag}: expected {expected}, got '{text}'") from None
+
+
+def _print_child(child, format_report) -> None:
+    from ..bill import format_bill, read_bill
+    from .derived import read_derived
+
+    print(format_report(read_derived(child)["report"]))
+    print(format_bill(read_bill(child)))
+    print(f"derived run written to {child}")
+
+
+def cmd_prune(args) -> int:
+    from .prune import format_report, prune
+
+    child = prune(args.run_dir, sparsity=_number(args.sparsity, "--sparsity", float, "a fraction such as 0.8"),
+                  rounds=_number(args.rounds, "--rounds", int, "a whole number >= 1"),
+                  epochs=_number(args.epochs, "--epochs", int, "a whole number >= 0"),
+                  lr=_number(args.lr, "--lr", float, "a learning rate > 0"),
+                  steps=_number(args.steps, "--steps", int, "a whole number >= 1"), out=args.out,
+                  callbacks=None if args.progress else [])
+    _print_child(child, format_report)
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from .quantize import format_report, quantize
+
+    child = quantize(args.run_dir, mode=args.mode, out=args.out,
+                     repeats=_number(args.repeats, "--repeats", int, "a whole number >= 1"),
+                     threads=_number(args.threads, "--threads", int, "a whole number >= 1"))
+    _print_child(child, format_report)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    result = export(args.run_dir, format=args.format, out=args.out,
+                    samples=_number(args.samples, "--samples", int, "a whole number >= 2"))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['format']} written to {result['path']} ({result['bytes']:,} bytes)")
+        if "max_abs_diff" in result:
+            print(f"parity: max |torch - onnxruntime| = {result['max_abs_diff']:.2e} over {result['checked']} "
+                  f"(bar {result['bar']:g}): {'ok' if result['ok'] else 'ABOVE THE BAR'}")
+    return 0 if result.get("ok", True) else 1
+
+
+def add_commands(sub) -> None:
+    """Add prune, quantize and export to an argparse subparsers object."""
+    p = sub.add_parser("prune", help="prune a run's Linear/Conv weights (global magnitude) into a derived run")
+    p.add_argument("run_dir")
+    p.add_argument("--sparsity", default="0.8", help="fraction of the Linear/Conv weights set to zero (default 0.8)")
+    p.add_argument("--rounds", default="1", help="prune in this many rounds, fine-tuning after each (default 1)")
+    p.add_argument("--epochs", default="1", help="fine-tuning epochs per round; 0: no fine-tuning (default 1)")
+    p.add_argument("--steps", help="fine-tuning steps per round, instead of --epochs")
+    p.add_argument("--lr", help="fine-tuning learning rate (default: a tenth of the run's), cosine-decayed")
+    p.add_argument("--out", help="derived run directory (default RUN_DIR-pruneNN beside the run)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress display")
+    p.set_defaults(func=cmd_prune)
+
+    q = sub.add_parser("quantize", help="int8 post-training quantization of a run into a derived run")
+    q.add_argument("run_dir")
+    q.add_argument("--mode", default="dynamic", choices=["dynamic", "static"],
+                   help="dynamic: Linear/LSTM/GRU weights int8; static: a CNN or MLP all int8 (default dynamic)")
+    q.add_argument("--repeats", default="200", help="timed forward passes per model for the latency (default 200)")
+    q.add_argument("--threads", default="1", help="CPU threads while timing (default 1)")
+    q.add_argument("--out", help="derived run directory (default RUN_DIR-int8-MODE beside the run)")
+    q.set_defaults(func=cmd_quantize)
+
+    e = sub.add_parser("export", help="export a run's model as ONNX (checked with onnxruntime) or safetensors")
+    e.add_argument("run_dir")
+    e.add_argument("--format", default="onnx", choices=["onnx", "safetensors"])
+    e.add_argument("--out", help="file to write (default RUN_DIR/export/model.FORMAT)")
+    e.add_argument("--samples", default="64", help="data samples the ONNX parity check runs (default 64)")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.set_defaults(func=cmd_export)

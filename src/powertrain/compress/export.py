@@ -1,0 +1,132 @@
+"""Export a run's final model: ONNX (checked against torch with onnxruntime) or a single safetensors file.
+
+ONNX goes through torch's dynamo exporter (`torch.onnx.export(..., dynamo=True)`, which needs
+`onnxscript`: `pip install 'powertrain[export]'`) with a dynamic batch dimension. The exported file is
+then run by onnxruntime (CPU) on real samples of the run's data, at the export batch size and at 1,
+and its outputs are compared with the torch model's: the largest absolute difference is reported
+against a bar of 1e-4 (fp32).
+
+safetensors: the weights of the final model (best under early stopping with restore_best, else the
+newest checkpoint) in one file, with the recipe in its metadata; a quantized run's int8 file as is.
+
+An int8 (quantized) run is not exported to ONNX: torch's exporter does not translate the eager-mode
+quantized kernels. Export its parent, and quantize the ONNX file with onnxruntime.quantization.
+
+>>> from powertrain.compress import export
+>>> result = export("runs/digits-mlp", format="onnx")  # doctest: +SKIP
+>>> result["max_abs_diff"] <= result["bar"]             # doctest: +SKIP
+True
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+from .. import rundir
+from ..errors import PowertrainError, RecipeError
+from .derived import QUANTIZED, is_quantized_run, load_model
+
+FORMATS = ("onnx", "safetensors")
+BAR_FP32 = 1e-4
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter logs a warning per torchvision op it skips, and a FutureWarning from torch's pytree."""
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _samples(trainer, n: int) -> torch.Tensor:
+    split = trainer.data.test or trainer.data.val or trainer.data.train
+    n = max(2, min(n, len(split)))  # a batch of 1 would be specialised into the graph
+    return next(split.batches(torch.arange(n), n))[0].cpu()
+
+
+def _outputs(out) -> list[torch.Tensor]:
+    return [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
+
+
+def onnx_parity(onnx_path: Path, model: torch.nn.Module, batches: list[torch.Tensor]) -> float:
+    """Largest |torch - onnxruntime| over every output of every batch."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    worst = 0.0
+    with torch.no_grad():
+        for x in batches:
+            ours = _outputs(model(x))
+            theirs = session.run(None, {name: x.numpy()})
+            for a, b in zip(ours, theirs):
+                worst = max(worst, float(np.abs(a.numpy().astype(np.float64) - b.astype(np.float64)).max()))
+    return worst
+
+
+def export(run_dir: str | Path, format: str = "onnx", out: Optional[str | Path] = None, samples: int = 64) -> dict:
+    """Write the run's final model as `format` to `out` (default RUN_DIR/export/model.onnx or
+    model.safetensors). Returns {"format", "path", "bytes"} and, for ONNX, "max_abs_diff" (torch vs
+    onnxruntime on `samples` data samples and on 1), "bar" (1e-4) and "ok".
+
+    >>> export("runs/mnist1d-cnn", format="safetensors")["path"]  # doctest: +SKIP
+    'runs/mnist1d-cnn/export/model.safetensors'
+    """
+    if format not in FORMATS:
+        raise RecipeError(f"format (--format): expected one of {', '.join(FORMATS)}, got '{format}'")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise RecipeError(f"samples (--samples): expected a whole number >= 2, got {samples!r}")
+    path, recipe = rundir.open_run(run_dir)
+    quantized = is_quantized_run(path)
+    if quantized and format == "onnx":
+        raise RecipeError(f"'{path}' is an int8 (quantized) run: torch's ONNX exporter does not translate eager-mode "
+                          f"quantized kernels; export its parent with --format onnx and quantize the .onnx file with "
+                          f"onnxruntime.quantization, or use --format safetensors")
+    dest = Path(out) if out else path / "export" / f"model.{format}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if format == "safetensors":
+        if quantized:
+            shutil.copyfile(path / "checkpoints" / QUANTIZED, dest)
+        else:
+            from safetensors.torch import save_model
+
+            model, _, _ = load_model(path)
+            save_model(model, str(dest), metadata={"format": "powertrain-fp32", "run": str(path.resolve()),
+                                                   "recipe": yaml.safe_dump(recipe.to_dict(), sort_keys=False)})
+        return {"format": format, "path": str(dest), "bytes": dest.stat().st_size}
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise PowertrainError(f"--format onnx needs {e.name}: pip install 'powertrain[export]' "
+                              f"(onnx, onnxruntime, onnxscript)") from None
+    model, _, trainer = load_model(path)
+    model = model.cpu().eval()
+    x = _samples(trainer, samples)
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    with _quiet_exporter():
+        program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                    input_names=["input"], output_names=["output"], verbose=False)
+        program.save(str(tmp))  # one file: small models need no external data
+    os.replace(tmp, dest)
+    diff = onnx_parity(dest, model, [x, x[:1]])
+    return {"format": format, "path": str(dest), "bytes": dest.stat().st_size, "max_abs_diff": diff,
+            "bar": BAR_FP32, "ok": diff <= BAR_FP32, "samples": len(x),
+            "checked": f"onnxruntime {onnxruntime.__version__} CPU vs torch {torch.__version__}, "
+                       f"batches of {len(x)} and 1"}
