@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import yaml
 
-from . import data, models, rundir, visualize
+from . import data, distributed, models, rundir, visualize
 from .bill import carbon_model, make_bill, write_bill
 from .engine import Trainer
 from .measure import Meter
@@ -52,51 +52,78 @@ def _final_weights(trainer: Trainer, recipe: Recipe) -> None:
 
 
 def _fit_and_evaluate(trainer: Trainer, recipe: Recipe, run_dir: Path) -> Run:
+    """Fit, evaluate, bill. In a job every rank runs this (the collectives need them all); only rank 0
+    prints and writes."""
+    main = trainer.dist.is_main
     try:
         trainer.fit()
     except KeyboardInterrupt:
-        print(f"\ninterrupted at step {trainer.step}; checkpoint saved in {trainer.last_checkpoint}\n"
-              f"resume with: powertrain resume {run_dir}", file=sys.stderr, flush=True)
+        if main:
+            print(f"\ninterrupted at step {trainer.step}; checkpoint saved in {trainer.last_checkpoint}\n"
+                  f"resume with: powertrain resume {run_dir}", file=sys.stderr, flush=True)
         raise
     _final_weights(trainer, recipe)
     results = {s: trainer.evaluate(s) for s in ("test", "val") if getattr(trainer.data, s) is not None}
     for split_metrics in results.values():  # reconstruction: the loss also as "mse" (AE) or "elbo_nats" (VAE)
         split_metrics.update(loss_names(trainer.model, trainer.task, split_metrics["loss"]))
-    figures = visualize.run_figures(trainer, run_dir)  # reconstructions.png, and samples.png for a VAE
+    figures = visualize.run_figures(trainer, run_dir) if main else []  # reconstructions.png (+ samples.png: VAE)
     if figures:
         results["figures"] = [p.name for p in figures]
     results["stop_reason"] = trainer.stop_reason
     results["step"] = trainer.step
-    rundir.write_json(run_dir / "eval.json", results)
-    bill = make_bill(trainer, recipe.run)
-    write_bill(bill, run_dir)
+    bill = make_bill(trainer, recipe.run)  # a collective in a job: energy, FLOPs and devices of every rank
+    if main:
+        rundir.write_json(run_dir / "eval.json", results)
+        write_bill(bill, run_dir)
     return Run(run_dir, recipe, results, trainer, bill)
+
+
+def _environment(recipe: Recipe) -> dict:
+    d = distributed.setup(recipe.train.strategy)
+    return {**environment(resolve_device(recipe.train.device)), "strategy": d.strategy, "world_size": d.world_size}
 
 
 def train(recipe: str | Path | dict | Recipe = "mnist1d-cnn", overrides: Optional[list[str]] = None,
           out: Optional[str | Path] = None, callbacks=None) -> Run:
-    """Train a recipe (built-in name, YAML path, dict or Recipe) into a new run directory."""
+    """Train a recipe (built-in name, YAML path, dict or Recipe) into a new run directory.
+
+    Under torchrun every process calls this; rank 0 creates and writes the run directory. When
+    torchrun restarts a job (`--max-restarts`) whose run directory exists, the job resumes it."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
-    run_dir = rundir.create(recipe, out, environment(resolve_device(recipe.train.device)))
-    return _fit_and_evaluate(build_trainer(recipe, run_dir, callbacks), recipe, run_dir)
+    d = distributed.setup(recipe.train.strategy)
+    if distributed.elastic_restart_count() and (out or recipe.run.out):
+        path = Path(out or recipe.run.out)
+        if distributed.on_main(lambda: (path / "recipe.yaml").is_file()):
+            return resume(path, callbacks=callbacks)
+    run_dir = distributed.on_main(lambda: rundir.create(recipe, out, _environment(recipe)))
+    run = _fit_and_evaluate(build_trainer(recipe, run_dir if d.is_main else None, callbacks), recipe, run_dir)
+    distributed.finish_job()
+    return run
 
 
 def resume(run_dir: str | Path, overrides: Optional[list[str]] = None, callbacks=None) -> Run:
-    """Continue a run from its newest checkpoint; the result equals an uninterrupted run."""
-    path, recipe = rundir.open_run(run_dir, overrides)
+    """Continue a run from its newest checkpoint; the result equals an uninterrupted run. Under torchrun,
+    with any number of processes (rank 0 reads the run directory)."""
+    distributed.init_process_group()  # join torchrun's group, if any, before the recipe picks a strategy
+    path, recipe = distributed.on_main(lambda: rundir.open_run(run_dir, overrides))
     if overrides:
-        (path / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    trainer = build_trainer(recipe, path, callbacks)
+        distributed.on_main(lambda: (path / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False)))
+    d = distributed.setup(recipe.train.strategy)
+    trainer = build_trainer(recipe, path if d.is_main else None, callbacks)
     trainer.resume()
-    rundir.truncate_metrics(path, trainer.step)
-    return _fit_and_evaluate(trainer, recipe, path)
+    distributed.on_main(lambda: rundir.truncate_metrics(path, trainer.step))
+    run = _fit_and_evaluate(trainer, recipe, path)
+    distributed.finish_job()
+    return run
 
 
 def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     """Recompute a split's metrics from the run's saved checkpoint."""
-    path, recipe = rundir.open_run(run_dir)
-    trainer = build_trainer(recipe, path, callbacks=[])
+    distributed.init_process_group()
+    path, recipe = distributed.on_main(lambda: rundir.open_run(run_dir))
+    d = distributed.setup(recipe.train.strategy)
+    trainer = build_trainer(recipe, path if d.is_main else None, callbacks=[])
     if not trainer.resume():
         from .errors import RunDirError
 

@@ -47,11 +47,41 @@ def _floor(peak, device: torch.device) -> Optional[dict]:
     return None
 
 
+def _job_totals(trainer) -> tuple[dict, Optional[int], dict]:
+    """(meter totals, FLOPs of one full train step, device record) of the whole job.
+
+    One process: its own. A job (a collective): time is rank 0's wall time; FLOPs are summed over the
+    ranks, each of which counted its share of the batch; energy is summed over the ranks, where local
+    rank 0 of each node alone read the node's counters (RAPL, NVML) and every rank its process estimate."""
+    from .measure.meter import WindowTotals
+
+    d = trainer.dist
+    per_step = trainer._step_flops.get(trainer._local(trainer.batch_size_at(0)), 0)
+    if not d.enabled:
+        totals = trainer.meter.totals() if trainer.meter else {}
+        return totals, per_step or None, {"world_size": 1}
+    from . import distributed
+
+    states = distributed.gather_objects(trainer.meter.state_dict() if trainer.meter else None)
+    totals = {}
+    if states[0] is not None:
+        merged = distributed.merge_meter_states(states)
+        totals = {k: WindowTotals.from_dict(v) for k, v in merged["totals"].items()}
+    per_step = int(distributed.all_reduce_sum([per_step], trainer.device)[0])
+    devices = distributed.describe_devices(trainer.device)
+    nodes = len({(r["node"], r["node_rank"]) for r in devices})
+    return totals, per_step or None, {"world_size": d.world_size, "strategy": d.strategy, "nodes": nodes,
+                                      "devices": devices}
+
+
 def make_bill(trainer, run: RunConfig) -> dict:
-    """The bill of a trained (and finally evaluated) Trainer, as a JSON-able dict."""
+    """The bill of a trained (and finally evaluated) Trainer, as a JSON-able dict (one per job: in a
+    distributed job every rank calls it, and all get the job's bill)."""
     from .models import count_params
 
-    totals = trainer.meter.totals() if trainer.meter else {}
+    totals, per_step_flops, job = _job_totals(trainer)
+    if not trainer.dist.is_main:
+        return {"rank": trainer.dist.rank, "note": "the job's bill is rank 0's"}
     fit, ev, fin, ck = (totals.get(k) for k in ("fit", "eval", "final_eval", "checkpoint"))
     carbon = carbon_model(run)
     samples = trainer.samples_trained()
@@ -61,6 +91,7 @@ def make_bill(trainer, run: RunConfig) -> dict:
     ckpt_s = ck.time_s if ck else 0.0
     compute_s = fit_s - (ev.time_s if ev else 0.0) - ckpt_s if fit_s else None
     peak = peak_for(trainer.device, PRECISION_DTYPE[trainer.precision])
+    n_devices = job["world_size"]  # one device per rank (a GPU; on CPU, the threads of each rank)
     achieved = train_flops / compute_s if compute_s else None
     components, energy_j, method = {}, None, None
     for t in (fit, fin):
@@ -80,7 +111,7 @@ def make_bill(trainer, run: RunConfig) -> dict:
         "params": count_params(trainer.model),
         "trainable_params": count_params(trainer.model, trainable_only=True),
         "flops": {"per_sample_forward": trainer.forward_flops_per_sample,
-                  "per_step_train": trainer._step_flops.get(trainer.batch_size_at(0)),
+                  "per_step_train": per_step_flops,
                   "train_total": train_flops,
                   "counter": "torch.utils.flop_counter with powertrain's SDPA and RNN formulas; "
                              "forward + backward, optimizer update not counted"},
@@ -92,8 +123,10 @@ def make_bill(trainer, run: RunConfig) -> dict:
                                    "are launch times and only fit/eval/checkpoint (synchronised) are exact")},
         "throughput": {"samples_per_s": samples / compute_s if compute_s else None,
                        "model_flops_per_s": achieved},
-        "mfu": {"value": mfu(achieved, peak), "peak": peak.to_dict() if peak else None,
-                "note": None if peak else "no peak known for this device and dtype: MFU not computed"},
+        "mfu": {"value": mfu(achieved / n_devices, peak) if achieved else None,
+                "peak": peak.to_dict() if peak else None, "devices": n_devices,
+                "note": ("no peak known for this device and dtype: MFU not computed" if not peak else
+                         f"achieved FLOP/s / ({n_devices} x peak)" if n_devices > 1 else None)},
         "peak_memory": peak_memory(trainer.device).to_dict(),
         "energy": {"total_j": energy_j, "method": method, "components": components,
                    "windows": {k: v.to_dict() for k, v in totals.items()},
@@ -108,7 +141,7 @@ def make_bill(trainer, run: RunConfig) -> dict:
                    "efficiency": (train_flops / floor["flops_per_j"]) / fit.energy_j if fit and fit.energy_j else None}
                   if floor and train_flops else None),
         "device": {"type": trainer.device.type, "name": peak.device if peak else str(trainer.device),
-                   "precision": trainer.precision, "world_size": 1},
+                   "precision": trainer.precision, **job},
     }
     return bill
 

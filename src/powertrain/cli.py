@@ -9,6 +9,8 @@ from .errors import PowertrainError
 
 
 def _print_results(run) -> None:
+    if not run.trainer.dist.is_main:  # a job prints one report: rank 0's
+        return
     for split in ("test", "val"):
         m = run.metrics.get(split)
         if m:
@@ -26,6 +28,13 @@ def cmd_train(args) -> int:
     recipe, overrides = args.recipe, list(args.overrides)
     if "=" in recipe:  # `powertrain train train.lr=1e-3`: an override of the default recipe
         recipe, overrides = "mnist1d-cnn", [recipe, *overrides]
+    if args.nproc:  # torchrun starts N processes that run this command without --nproc
+        from .distributed import default_out, launch
+        from .recipe import load_recipe
+
+        r = load_recipe(recipe, overrides)  # a bad recipe fails here, once, not in N processes
+        out = args.out or r.run.out or str(default_out(r.name))  # fixed now: restarts resume the same folder
+        return launch(["train", recipe, *overrides, "--out", out], args.nproc)
     _print_results(train(recipe, overrides, out=args.out))
     return 0
 
@@ -33,6 +42,10 @@ def cmd_train(args) -> int:
 def cmd_resume(args) -> int:
     from .api import resume
 
+    if args.nproc:
+        from .distributed import launch
+
+        return launch(["resume", args.run_dir, *args.overrides], args.nproc)
     _print_results(resume(args.run_dir, args.overrides))
     return 0
 
@@ -144,11 +157,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("recipe", nargs="?", default="mnist1d-cnn", help="built-in recipe name or YAML path (default mnist1d-cnn)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-3 train.epochs=5")
     t.add_argument("--out", help="run directory (default runs/<recipe>-<timestamp>)")
+    t.add_argument("--nproc", type=int, help="launch N processes on this node with torchrun (DDP, or train.strategy)")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("resume", help="continue a run from its last checkpoint")
     r.add_argument("run_dir")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=20 to train longer")
+    r.add_argument("--nproc", type=int, help="resume with N processes on this node (any number: see docs/scaling.md)")
     r.set_defaults(func=cmd_resume)
 
     e = sub.add_parser("eval", help="recompute a split's metrics from a run's checkpoint")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .callbacks import Callback, Progress
 from .data import DataBundle
 from .data.augment import augment_batch
@@ -50,6 +50,7 @@ class Trainer:
         (default: a `Meter` over the counters this machine has; False: no measurement)."""
         self.cfg = cfg = config or TrainConfig()
         self.seed = seed
+        self.dist = distributed.setup(cfg.strategy)  # single, or ddp/fsdp with rank and world
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.data = data.to(self.device)
@@ -59,18 +60,27 @@ class Trainer:
         self._model_loss = getattr(model, "compute_loss", None)  # looked up once, not per step
         probe = next(self.data.train.batches(torch.arange(min(2, len(self.data.train))), 2))
         dry_run(self.model, probe[0])  # shape bugs fail here, naming the layer, not deep in a step
-        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
-        self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], cfg)
         self.steps_per_epoch = math.ceil(len(self.data.train) / cfg.batch_size)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" and self.device.type == "cuda" else None
         self._autocast = (contextlib.nullcontext if self.precision == "fp32" else
                           lambda: torch.autocast(self.device.type, dtype=DTYPES[self.precision]))
+        self._step_flops: dict[int, int] = {}  # (per-rank) batch size -> FLOPs of one train step, counted once
+        self.forward_flops_per_sample = 0
+        if self.dist.enabled or cfg.activation_checkpointing:
+            self._count_step_flops()  # model FLOPs: before recomputation and sharding change what runs
+        if cfg.activation_checkpointing:
+            distributed.checkpoint_activations(self.model)
+        if self.dist.enabled:
+            run_dir = self._setup_distributed(run_dir)
+        else:
+            self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+        self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" and self.device.type == "cuda" else None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.callbacks = [Progress()] if callbacks is None else list(callbacks)
+        self.callbacks = ([Progress()] if self.dist.is_main else []) if callbacks is None else list(callbacks)
         self.step = 0  # optimizer steps done; epoch and position within it derive from it
         self.stop_reason: Optional[str] = None
         self.best: Optional[dict] = None  # {"step", "value"} of the best monitored evaluation
@@ -79,11 +89,65 @@ class Trainer:
         self._loss_sum, self._loss_n, self._t_log, self._samples_log = 0.0, 0, time.perf_counter(), 0
         self.last_checkpoint: Optional[Path] = None
         self.meter = Meter() if meter is None or meter is True else (meter or None)
+        if self.meter and not self.dist.reads_node_counters:
+            distributed.drop_node_counters(self.meter)  # local rank 0 reads the node's counters for all
         self.phase_s = {"data": 0.0, "forward_backward": 0.0, "optimizer": 0.0}  # CPU: exact; CUDA: launch time
         self.eval_samples = {"eval": 0, "final_eval": 0}  # samples evaluated inside fit / after it
         self._in_fit = False
-        self._step_flops: dict[int, int] = {}  # batch size -> FLOPs of one train step, counted once
-        self.forward_flops_per_sample = 0
+
+    def _setup_distributed(self, run_dir):
+        """DDP or FSDP around the model; returns the run directory this rank writes (None but on rank 0).
+
+        Rank r > 0 gets its own RNG stream (dropout, augmentation)."""
+        d = self.dist
+        distributed.seed_rank(self.seed, d.rank)
+        if d.strategy == "fsdp":
+            wrapped = distributed.wrap_fsdp(self.model, self.device, self.precision)
+        else:
+            wrapped = distributed.wrap_ddp(self.model, self.device)
+        self._wrapped = torch.compile(wrapped) if self.cfg.compile else wrapped
+        self.forward_model = self._sharded_forward
+        self._grad_scale, self._shard_sizes = 1.0, (0, 0)
+        own_step = self.train_step  # a subclass's train_step too
+
+        def train_step(batch: tuple) -> torch.Tensor:
+            n_local, n = self._shard_sizes
+            self._grad_scale = n_local * d.world_size / n  # DDP/FSDP average: this makes it the global mean
+            try:
+                loss = own_step(batch)
+            finally:
+                self._grad_scale = 1.0
+            total = (loss.detach() * (n_local / n)).reshape(1).to(torch.float64)
+            torch.distributed.all_reduce(total)
+            return total[0]
+
+        self.train_step = train_step
+        ckpt = distributed.broadcast_object(str(Path(run_dir) / "checkpoints") if run_dir is not None else None)
+        self._ckpt_dir = Path(ckpt) if ckpt else None  # FSDP's ranks all write their shards there
+        return run_dir if d.is_main else None
+
+    def _sharded_forward(self, x):
+        out = self._wrapped(x)
+        return out if self._grad_scale == 1.0 else distributed.scale_grad(out, self._grad_scale)
+
+    def _batches(self, split, order: torch.Tensor, batch_size: int, start: int = 0):
+        """This rank's batches: all of each global batch in one process, its share in a job."""
+        if not self.dist.enabled:
+            return split.batches(order, batch_size, start)
+        return self._shards(split, order, batch_size, start)
+
+    def _shards(self, split, order, batch_size, start):
+        for batch, n_local, n in distributed.shard_batches(split, order, batch_size, start, self.dist.rank,
+                                                           self.dist.world_size):
+            self._shard_sizes = (n_local, n)
+            yield batch
+
+    def _local(self, n: int) -> int:
+        """Samples of a global batch of n that this rank trains on."""
+        if not self.dist.enabled:
+            return n
+        lo, hi = distributed.shard_bounds(n, self.dist.rank, self.dist.world_size)
+        return hi - lo
 
     # ------------------------------------------------------------ the step
     def forward(self, batch: tuple) -> torch.Tensor:
@@ -163,7 +227,7 @@ class Trainer:
                 epoch, start = divmod(self.step, spe)
                 self._epoch_window(begin=True)
                 t_data = time.perf_counter()
-                for batch in self.data.train.batches(self.epoch_order(epoch), cfg.batch_size, start):
+                for batch in self._batches(self.data.train, self.epoch_order(epoch), cfg.batch_size, start):
                     if self._augment is not None:  # train batches only; draws from the checkpointed RNG
                         batch = (augment_batch(batch[0], self._augment), *batch[1:])
                     self.phase_s["data"] += time.perf_counter() - t_data
@@ -209,8 +273,12 @@ class Trainer:
             self._epoch_start_step = self.step
             return
         w = self.meter.end("epoch", flops=self.train_flops(self._epoch_start_step, self.step))
-        self.log({"step": self.step, "epoch": self.epoch, "window": "epoch", "time_s": w.time_s, "flops": w.flops,
-                  "energy_j": w.energy_j, "energy_method": w.energy_method,
+        flops, energy_j = w.flops, w.energy_j
+        if self.dist.enabled:  # the job's FLOPs and energy: every rank's share (node counters read once per node)
+            flops, energy_j = distributed.all_reduce_sum([flops or 0, energy_j], self.device)
+            flops = int(flops)
+        self.log({"step": self.step, "epoch": self.epoch, "window": "epoch", "time_s": w.time_s, "flops": flops,
+                  "energy_j": energy_j, "energy_method": w.energy_method,
                   "partial": self._epoch_start_step % self.steps_per_epoch != 0 or self.step % self.steps_per_epoch != 0})
 
     # ------------------------------------------------------------ FLOPs (counted once per shape)
@@ -221,9 +289,9 @@ class Trainer:
 
     def _count_step_flops(self) -> None:
         """Count forward+backward FLOPs for the full and the short last batch, once, before training."""
-        if self._step_flops:
+        if self._step_flops or self.forward_flops_per_sample:
             return
-        sizes = {self.batch_size_at(0), self.batch_size_at(self.steps_per_epoch - 1)}
+        sizes = {self._local(self.batch_size_at(0)), self._local(self.batch_size_at(self.steps_per_epoch - 1))} - {0}
         order = torch.arange(len(self.data.train))
         for n in sizes:
             batch = next(self.data.train.batches(order, n))
@@ -232,13 +300,14 @@ class Trainer:
                                                        loss_fn=lambda out, b=batch: self.compute_loss(b, out)).total
         self.model.eval()
         with self._autocast():
-            self.forward_flops_per_sample = forward_flops(self.model, batch[0][:1]).total
+            self.forward_flops_per_sample = forward_flops(self.model, next(self.data.train.batches(order, 1))[0]).total
         self.model.train()
 
     def train_flops(self, start: int, end: int) -> int:
-        """Model FLOPs of optimizer steps [start, end): forward + backward, no optimizer update."""
+        """Model FLOPs of optimizer steps [start, end) on this rank: forward + backward, no optimizer update."""
         spe, full, last = self.steps_per_epoch, self.batch_size_at(0), self.batch_size_at(self.steps_per_epoch - 1)
         n_last = sum(1 for s in range(start, end) if s % spe == spe - 1) if last != full else 0
+        full, last = self._local(full), self._local(last)  # this rank's share (a job sums the ranks')
         return (end - start - n_last) * self._step_flops.get(full, 0) + n_last * self._step_flops.get(last, 0)
 
     def samples_trained(self, start: int = 0, end: Optional[int] = None) -> int:
@@ -257,6 +326,8 @@ class Trainer:
             cb.on_step_end(self, loss)
         if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
             now = time.perf_counter()
+            if self.dist.enabled:  # the job's samples, not this rank's share
+                self._samples_log = self.samples_trained(self.step - self._loss_n, self.step)
             record = {"step": self.step, "epoch": self.epoch, "loss": self._loss_sum / self._loss_n,
                       "lr": self.optimizer.param_groups[0]["lr"],
                       "samples_per_s": self._samples_log / max(now - self._t_log, 1e-9)}
@@ -288,17 +359,22 @@ class Trainer:
         if self.meter:
             self.meter.begin(window)
         try:
-            for batch in data.batches(torch.arange(len(data)), self.cfg.eval_batch_size):
+            for batch in self._batches(data, torch.arange(len(data)), self.cfg.eval_batch_size):
                 with self._autocast():
                     outputs = self.forward(batch)
                     loss = self.compute_loss(batch, outputs)
-                loss_sum += float(loss) * len(batch[0])
-                n += len(batch[0])
-                metrics.update(outputs[0] if isinstance(outputs, (tuple, list)) else outputs, batch[-1])
+                k = self._shard_sizes[0] if self.dist.enabled else len(batch[0])  # 0: a stand-in sample
+                if k:
+                    loss_sum += float(loss) * k
+                    n += k
+                    metrics.update(outputs[0] if isinstance(outputs, (tuple, list)) else outputs, batch[-1])
         finally:
             self.model.train(was_training)
             if self.meter:
                 self.meter.end(window, flops=n * self.forward_flops_per_sample)
+        if self.dist.enabled:  # every rank evaluated its share; torchmetrics syncs its own states in compute()
+            loss_sum, n = distributed.all_reduce_sum([loss_sum, n], self.device)
+            n = int(n)
         self.eval_samples[window] += n
         result = {"loss": loss_sum / max(n, 1), **metrics.compute()}
         for cb in self.callbacks:
@@ -326,26 +402,49 @@ class Trainer:
         value, sign = metrics[es.metric], (-1 if es.metric in ("loss", "mse", "mae") else 1)
         if self.best is None or sign * (value - self.best["value"]) > es.min_delta:
             self.best, self._bad_evals = {"step": self.step, "value": value}, 0
-            if self.run_dir is not None:
-                checkpoint.save_weights(self.model, self.run_dir / "checkpoints" / "best.safetensors")
+            self._save_best()
         else:
             self._bad_evals += 1
             if self._bad_evals >= es.patience:
                 self.stop_reason = f"early stop: val {es.metric} did not improve for {es.patience} evaluations"
 
+    def _best_path(self) -> Optional[Path]:
+        ckpt = self._ckpt_dir if self.dist.enabled else (self.run_dir / "checkpoints" if self.run_dir else None)
+        return ckpt / "best.safetensors" if ckpt is not None else None
+
+    def _save_best(self) -> None:
+        if self.dist.strategy == "fsdp":  # gathered to rank 0, written there
+            if self._ckpt_dir is not None:
+                checkpoint.save_full_weights(self.model, self._best_path(), self.dist.is_main)
+        elif self.run_dir is not None:
+            checkpoint.save_weights(self.model, self.run_dir / "checkpoints" / "best.safetensors")
+
     def restore_best(self) -> None:
         """Load the best weights saved by early stopping (if any)."""
-        path = self.run_dir / "checkpoints" / "best.safetensors" if self.run_dir else None
-        if path is not None and path.exists():
-            from safetensors.torch import load_model
+        path = self._best_path()
+        if not self.dist.enabled:
+            if path is not None and path.exists():
+                from safetensors.torch import load_model
 
-            load_model(self.model, str(path), device=str(self.device))
+                load_model(self.model, str(path), device=str(self.device))
+            return
+        if not distributed.on_main(lambda: path is not None and path.exists()):
+            return
+        if self.dist.strategy == "fsdp":
+            checkpoint.load_full_weights(self.model, path, self.dist.is_main)
+        else:
+            if self.dist.is_main:
+                from safetensors.torch import load_model
+
+                load_model(self.model, str(path), device=str(self.device))
+            distributed.broadcast_module(self.model)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """Everything but the weights that a resume needs to continue bit for bit."""
-        return {
-            "optimizer": self.optimizer.state_dict(),
+        """Everything but the weights that a resume needs to continue bit for bit (in a job: a collective,
+        holding every rank's RNG state and the job's meter totals; FSDP's optimizer is in the shards)."""
+        state = {
+            "optimizer": None if self.dist.strategy == "fsdp" else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng_cpu": torch.get_rng_state(),
@@ -356,6 +455,12 @@ class Trainer:
                         "eval_samples": self.eval_samples},
             "meter": self._meter_state(),
         }
+        if self.dist.enabled:
+            state["rng_cpu_ranks"] = distributed.gather_objects(torch.get_rng_state())
+            cuda = torch.cuda.get_rng_state() if self.device.type == "cuda" else None
+            state["rng_cuda_ranks"] = distributed.gather_objects(cuda)
+            state["world_size"] = self.dist.world_size
+        return state
 
     def _meter_state(self) -> Optional[dict]:
         """Meter totals including the open 'fit' window so far, so a resumed bill covers the whole run."""
@@ -366,48 +471,93 @@ class Trainer:
             state = self.meter.state_dict()
             self.meter.begin("fit")
             self._fit_start_step = self.step
-            return state
-        return self.meter.state_dict()
+        else:
+            state = self.meter.state_dict()
+        if self.dist.enabled:  # the job's totals: rank 0 restores them on resume, the other ranks start from 0
+            state = distributed.merge_meter_states(distributed.gather_objects(state))
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        d = self.dist
         self.step = int(state["step"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if state["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        ranks, cuda_ranks = state.get("rng_cpu_ranks"), state.get("rng_cuda_ranks")
+        if d.enabled and ranks and len(ranks) == d.world_size:  # the same world: each rank's own stream
+            torch.set_rng_state(ranks[d.rank].cpu())
+            if cuda_ranks and cuda_ranks[d.rank] is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(cuda_ranks[d.rank].cpu())
+        elif d.is_main:
+            torch.set_rng_state(state["rng_cpu"].cpu())
+            if state["rng_cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        else:  # another world size: ranks > 0 start fresh streams
+            distributed.seed_rank(self.seed + self.step, d.rank)
         t = state["trainer"]
         self.best, self._bad_evals, self._loss_sum, self._loss_n = t["best"], t["bad_evals"], t["loss_sum"], t["loss_n"]
         self.stop_reason = t["stop_reason"] if str(t["stop_reason"]).startswith("early stop") else None
         self._last_eval_step = t["last_eval_step"]
         self.phase_s, self.eval_samples = dict(t["phase_s"]), dict(t["eval_samples"])
-        if self.meter and state.get("meter"):
+        if self.meter and state.get("meter") and d.is_main:
             self.meter.load_state_dict(state["meter"])
 
     def save_checkpoint(self) -> Optional[Path]:
-        if self.run_dir is None:
+        """Write a checkpoint (in a job: every rank calls it; rank 0 writes, or each rank its FSDP shard)."""
+        d = self.dist
+        if self.run_dir is None and not (d.enabled and self._ckpt_dir is not None):
             return None
         if self.meter:
             self.meter.begin("checkpoint")
         try:
-            path = checkpoint.save(self.run_dir / "checkpoints", self.step, self.model, self.state_dict(),
-                                   keep=self.cfg.keep_checkpoints)
+            if d.strategy == "fsdp":
+                path = checkpoint.save_sharded(self._ckpt_dir, self.step, self.model, self.optimizer,
+                                               self.state_dict(), self.cfg.keep_checkpoints, d.is_main)
+            else:
+                state = self.state_dict()  # a collective in a job
+                path = None if self.run_dir is None else checkpoint.save(
+                    self.run_dir / "checkpoints", self.step, self.model, state, keep=self.cfg.keep_checkpoints)
         finally:
             if self.meter:
                 self.meter.end("checkpoint")
-        self.last_checkpoint = path
+        self.last_checkpoint = path if d.is_main else None
         for cb in self.callbacks:
             cb.on_checkpoint(self, path)
         return path
 
     def resume(self) -> bool:
-        """Load the newest checkpoint of `run_dir`; False if there is none."""
-        state = checkpoint.load_latest(self.run_dir / "checkpoints", self.model, self.device) if self.run_dir else None
-        if state is None:
+        """Load the newest checkpoint of `run_dir`; False if there is none. In a job rank 0 reads it and
+        sends it to the others (FSDP: every rank reads its shard, resharded to this world size)."""
+        d = self.dist
+        if not d.enabled:
+            state = (checkpoint.load_latest(self.run_dir / "checkpoints", self.model, self.device, self.optimizer)
+                     if self.run_dir else None)
+            if state is None:
+                return False
+            self.load_state_dict(state)
+            self.last_checkpoint = checkpoint.list_checkpoints(self.run_dir / "checkpoints")[-1]
+            return True
+        if self._ckpt_dir is None:
             return False
+        if d.strategy == "fsdp":
+            found = distributed.on_main(lambda: [str(p) for p in checkpoint.list_checkpoints(self._ckpt_dir)])
+            if not found:
+                return False
+            path = Path(found[-1])
+            state = checkpoint.load_sharded(path, self.model, self.optimizer, d.is_main)
+        else:
+            def load():
+                state = checkpoint.load_latest(self._ckpt_dir, self.model, self.device, map_location="cpu")
+                return None if state is None else (state, str(checkpoint.list_checkpoints(self._ckpt_dir)[-1]))
+
+            loaded = distributed.on_main(load)
+            if loaded is None:
+                return False
+            state, path = loaded[0], Path(loaded[1])
+            distributed.broadcast_module(self.model)
         self.load_state_dict(state)
-        self.last_checkpoint = checkpoint.list_checkpoints(self.run_dir / "checkpoints")[-1]
+        self.last_checkpoint = path if d.is_main else None
         return True

@@ -34,7 +34,7 @@ class TrainConfig(Strict):
 
     epochs: int = Field(10, ge=1)
     max_steps: Optional[int] = Field(None, ge=1)  # stop after this many steps (overrides epochs)
-    batch_size: int = Field(64, ge=1)  # samples per optimizer step (global across ranks)
+    batch_size: int = Field(64, ge=1)  # samples per optimizer step, across all ranks (each takes its share)
     accumulate: int = Field(1, ge=1)  # micro-batches per step; must divide batch_size
     eval_batch_size: int = Field(1024, ge=1)
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
@@ -55,6 +55,8 @@ class TrainConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"  # auto: ddp when torchrun starts > 1 process
+    activation_checkpointing: bool = False  # recompute each transformer block's activations in backward
     eval_every_epochs: int = Field(1, ge=1)
     eval_every_steps: Optional[int] = Field(None, ge=1)  # if set, evaluate by steps instead
     early_stop: Optional[EarlyStop] = None

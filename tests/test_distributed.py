@@ -1,0 +1,362 @@
+"""Many processes, one run (CPU, gloo, torchrun): N processes compute what one process computes.
+
+Each torchrun job here is checked against an in-process single-process run of the same recipe and
+seed: per-step losses, final weights, metrics, FLOPs and the bill's energy. dropout is off in the
+digits jobs: each rank draws its own dropout masks (rank r's stream is seeded from (seed, r)), so with
+dropout 2 processes cannot draw the mask one process draws for the same batch (see docs/scaling.md).
+The jobs are few and tiny (a few dozen steps); every subprocess has a timeout, and every process a
+job started is killed if a test fails (torchrun starts its workers in sessions of their own).
+"""
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import powertrain
+from powertrain import distributed
+from powertrain.checkpoint import list_checkpoints
+from powertrain.errors import RecipeError
+from powertrain.measure import EnergyBackend
+
+DIGITS = ["digits-mlp", "model.dropout=0", "train.max_steps=24", "train.log_every=1", "train.checkpoint_every_steps=8"]
+# 1293 train samples, batch 64: an epoch is 21 steps, the last of 13 samples (shares of 7 and 6: unequal)
+GPT = """name: gpt-tiny
+data: {name: text, max_chars: 20000, block_size: 32, val_fraction: 0.1}
+model: {name: gpt, n_layer: 2, n_head: 2, n_embd: 32}
+train: {max_steps: 12, batch_size: 16, eval_batch_size: 64, optimizer: adamw, lr: 3.0e-3, weight_decay: 0.1,
+        grad_clip: 1.0, schedule: cosine, warmup_steps: 2, log_every: 1, checkpoint_every_steps: 6}
+"""
+FAKE_NODE_J = 100.0  # the fake node counter: 100 J more at every reading
+
+SITECUSTOMIZE = """
+import os
+if os.environ.get("PT_TEST_FAKE_NODE"):  # one energy counter per node, like RAPL: 100 J per reading
+    import powertrain.measure.meter as meter
+    from powertrain.measure.energy.base import EnergyBackend
+
+    class FakeNode(EnergyBackend):
+        name, scope = "fake-node", "node"
+
+        def __init__(self):
+            super().__init__()
+            self.methods, self.readings_taken = {"node": "measured:fake"}, 0
+
+        def snapshot(self):
+            self.readings_taken += 1
+            return {"node": 100.0 * self.readings_taken}
+
+    meter.detect_backends = lambda *a, **k: ([FakeNode()], [])
+if os.environ.get("PT_TEST_SLOW_S"):  # so that a kill lands mid-run
+    import time
+    from powertrain.engine import Trainer
+    step, pause = Trainer.train_step, float(os.environ["PT_TEST_SLOW_S"])
+    Trainer.train_step = lambda self, batch: (time.sleep(pause), step(self, batch))[1]
+"""
+
+
+class FakeNode(EnergyBackend):
+    """The same fake counter for the in-process reference runs."""
+    name, scope = "fake-node", "node"
+
+    def __init__(self):
+        super().__init__()
+        self.methods, self.readings_taken = {"node": "measured:fake"}, 0
+
+    def snapshot(self):
+        self.readings_taken += 1
+        return {"node": FAKE_NODE_J * self.readings_taken}
+
+
+# ---------------------------------------------------------------- in one process (first: later tests leave a
+# process group of one behind, as `powertrain train` with strategy fsdp does)
+def test_strategy_from_environment(monkeypatch):
+    assert distributed.setup("auto") == distributed.SINGLE
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if not torch.distributed.is_initialized():
+        with pytest.raises(RecipeError, match="train.strategy: single, but this job has 2 processes"):
+            distributed.setup("single")
+    with pytest.raises(RecipeError, match="strategy"):
+        powertrain.load_recipe("digits-mlp", ["train.strategy=dp"])
+
+
+@pytest.mark.parametrize("n,batch,world", [(1293, 64, 2), (100, 32, 3), (10, 4, 3), (7, 8, 2)])
+def test_shards_are_disjoint_and_cover_each_global_batch(n, batch, world):
+    """Every rank's share of every global batch; together exactly the batch, in order."""
+    from powertrain.data import TensorSplit
+
+    split, order = TensorSplit(torch.arange(n)), torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    per_rank = [list(distributed.shard_batches(split, order, batch, 0, r, world)) for r in range(world)]
+    for k, ref in enumerate(split.batches(order, batch)):
+        shares = [per_rank[r][k] for r in range(world)]
+        assert all(g == len(ref[0]) for _, _, g in shares)
+        got = torch.cat([b[0][:m] for b, m, _ in shares])
+        assert torch.equal(got, ref[0])
+
+
+def test_activation_checkpointing_recomputes_each_block(gpt):
+    """With it, each block runs its forward again in backward; losses and gradients are unchanged."""
+    from powertrain import data, models
+
+    root, _ = gpt
+    recipe = powertrain.load_recipe(str(root / "gpt-tiny.yaml"))
+    bundle = data.build(recipe.data.model_dump(), seed=0)
+    grads, calls = [], []
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = models.build(recipe.model.model_dump(), bundle.meta)
+        if on:
+            assert distributed.checkpoint_activations(model) == 2
+        n = [0]
+        model.h[0].attn.register_forward_hook(lambda *a: n.__setitem__(0, n[0] + 1))
+        x, y = next(bundle.train.batches(torch.arange(8), 8))
+        with one_thread():
+            torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
+        grads.append([p.grad for p in model.parameters()])
+        calls.append(n[0])
+    assert calls == [1, 2]
+    assert all(torch.allclose(a, b) for a, b in zip(*grads))
+
+
+def test_fsdp_needs_transformer_blocks(tiny_digits):
+    from powertrain import TrainConfig, Trainer, models
+
+    model = models.build({"name": "mlp", "hidden": [8]}, tiny_digits.meta)
+    with pytest.raises(RecipeError, match="fsdp shards transformer blocks.*use train.strategy=ddp"):
+        Trainer(model, tiny_digits, TrainConfig(max_steps=1, strategy="fsdp"), callbacks=[])
+
+
+# ---------------------------------------------------------------- launching jobs, and cleaning up after them
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    for pid in [*descendants(proc.pid), proc.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    harness = tmp_path_factory.mktemp("harness")
+    (harness / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(harness), os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1", "PT_TEST_FAKE_NODE": "1"}
+
+
+@contextlib.contextmanager
+def job(cmd: list[str], env: dict, cwd=None):
+    """A running job (torchrun and its workers); whatever happens, none of its processes survives."""
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
+
+
+def run_job(cmd: list[str], env: dict, timeout: float = 180) -> str:
+    with job(cmd, env) as proc:
+        out, _ = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_file(str(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors"))
+
+
+def assert_same_training(a: Path, b: Path, tol: float) -> None:
+    la, lb = losses(a), losses(b)
+    assert len(la) == len(lb) and max(abs(x - y) for x, y in zip(la, lb)) <= tol, (la, lb)
+    ea, eb = (json.loads((p / "eval.json").read_text()) for p in (a, b))
+    for split in ("val", "test"):
+        if split in eb:
+            assert ea[split]["loss"] == pytest.approx(eb[split]["loss"], abs=tol)
+            assert ea[split].get("accuracy") == eb[split].get("accuracy")
+
+
+@contextlib.contextmanager
+def one_thread():
+    """As in each worker (torchrun sets OMP_NUM_THREADS=1); and 2 threads on a busy 2-core machine are slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def reference(recipe, overrides, out: Path) -> powertrain.Run:
+    """The single-process run, on the same fake node counter."""
+    with pytest.MonkeyPatch.context() as mp, one_thread():
+        mp.setattr("powertrain.measure.meter.detect_backends", lambda *a, **k: ([FakeNode()], []))
+        return powertrain.train(recipe, overrides, out=out, callbacks=[])
+
+
+# ---------------------------------------------------------------- DDP on digits-mlp, through `--nproc`
+@pytest.fixture(scope="module")
+def digits_job(env, tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    out = run_job([sys.executable, "-m", "powertrain", "train", *DIGITS, "--nproc", "2", "--out", str(root / "ddp")], env)
+    return root / "ddp", out, reference(DIGITS[0], DIGITS[1:], root / "one")
+
+
+def test_ddp_equals_one_process(digits_job):
+    ddp, _, one = digits_job
+    assert_same_training(ddp, one.dir, tol=1e-5)
+    wa, wb = final_weights(ddp), final_weights(one.dir)
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-5, rtol=0) for k in wa)
+
+
+def test_only_rank_0_logs_and_writes(digits_job):
+    ddp, printed, _ = digits_job
+    records = [json.loads(line) for line in (ddp / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 25))  # one writer: no step twice
+    assert {p.name for p in ddp.iterdir()} == {"recipe.yaml", "env.json", "metrics.jsonl", "eval.json", "bill.json",
+                                                "checkpoints"}
+    assert [c.name for c in list_checkpoints(ddp / "checkpoints")] == ["step-00000021", "step-00000024"]
+    assert printed.count("run written to") == 1 and printed.count("test: loss") == 1
+    assert json.loads((ddp / "env.json").read_text())["world_size"] == 2
+
+
+def test_one_bill_per_job(digits_job):
+    """Local rank 0 alone reads the node's counter: the job's energy is the node's, not twice it."""
+    ddp, _, one = digits_job
+    bill = json.loads((ddp / "bill.json").read_text())
+    assert bill["energy"]["total_j"] == one.bill["energy"]["total_j"] > 0  # the same readings of the node counter
+    assert bill["energy"]["components"] == {"node": {"energy_j": one.bill["energy"]["total_j"], "method": "measured:fake"}}
+    assert bill["flops"]["train_total"] == one.bill["flops"]["train_total"]  # the ranks' shares add up
+    assert bill["flops"]["per_step_train"] == one.bill["flops"]["per_step_train"]
+    assert bill["samples_trained"] == one.bill["samples_trained"] == 21 * 64 - 64 + 13 + 3 * 64
+    assert bill["device"]["world_size"] == 2 and [d["rank"] for d in bill["device"]["devices"]] == [0, 1]
+    assert bill["mfu"]["devices"] == 2
+
+
+# ---------------------------------------------------------------- elastic: a worker killed, the job restarted
+def test_elastic_restart_after_sigkill_equals_uninterrupted(env, digits_job, tmp_path):
+    ddp, _, _ = digits_job
+    out = tmp_path / "elastic"
+    cmd = torchrun("--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--monitor-interval", "0.1",
+                   "-m", "powertrain", "train", *DIGITS, "--out", str(out))
+    with job(cmd, {**env, "PT_TEST_SLOW_S": "0.05"}) as proc:
+        t0 = time.time()
+        while not list_checkpoints(out / "checkpoints"):  # step 8 is written: kill a worker now
+            assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()[0][-3000:]
+            time.sleep(0.05)
+        workers = [p for p in descendants(proc.pid) if "powertrain" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(workers) == 2
+        os.kill(workers[-1], signal.SIGKILL)
+        printed, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, printed[-3000:]
+    assert "exitcode: -9" in printed  # torchrun saw the kill (and, since it succeeded, restarted the workers)
+    wa, wb = final_weights(out), final_weights(ddp)
+    assert all(torch.equal(wa[k], wb[k]) for k in wb)  # bit for bit: same world, same order, same RNG
+    assert losses(out) == losses(ddp)
+
+
+# ---------------------------------------------------------------- GPT: FSDP2 (+ activation checkpointing), DCP
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpt")
+    (root / "gpt-tiny.yaml").write_text(GPT)
+    return root, reference(str(root / "gpt-tiny.yaml"), [], root / "one")
+
+
+@pytest.fixture(scope="module")
+def fsdp_job(env, gpt):
+    root, _ = gpt
+    out = root / "fsdp2"
+    run_job(torchrun("--standalone", "--nproc-per-node", "2", "-m", "powertrain", "train", str(root / "gpt-tiny.yaml"),
+                     "train.strategy=fsdp", "train.activation_checkpointing=true", "--out", str(out)), env)
+    return out
+
+
+def test_fsdp_two_processes_equal_one(fsdp_job, gpt):
+    _, one = gpt
+    assert_same_training(fsdp_job, one.dir, tol=1e-4)
+    step = list_checkpoints(fsdp_job / "checkpoints")[-1]
+    assert (step / ".metadata").is_file() and len(list(step.glob("*.distcp"))) == 2  # one shard per rank
+
+
+def without_newest_checkpoint(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    shutil.rmtree(list_checkpoints(to / "checkpoints")[-1])
+    return to
+
+
+def test_fsdp_checkpoint_of_2_processes_resumes_in_1(fsdp_job, gpt, tmp_path):
+    _, one = gpt
+    run = without_newest_checkpoint(fsdp_job, tmp_path / "r")  # back to step 6, saved by 2 ranks
+    with one_thread():
+        resumed = powertrain.resume(run, callbacks=[])
+    assert resumed.trainer.dist.world_size == 1 and resumed.trainer.step == 12
+    assert_same_training(run, one.dir, tol=1e-4)
+
+
+def test_fsdp_checkpoint_of_1_process_resumes_in_2(env, gpt, tmp_path):
+    root, one = gpt
+    with one_thread():
+        single = powertrain.train(str(root / "gpt-tiny.yaml"), ["train.strategy=fsdp"], out=tmp_path / "fsdp1",
+                                  callbacks=[])
+    assert single.trainer.dist.strategy == "fsdp" and single.trainer.dist.world_size == 1
+    assert_same_training(single.dir, one.dir, tol=1e-5)
+    run = without_newest_checkpoint(single.dir, tmp_path / "r")
+    run_job([sys.executable, "-m", "powertrain", "resume", str(run), "--nproc", "2"], env)
+    assert_same_training(run, one.dir, tol=1e-4)
+    assert len(list(list_checkpoints(run / "checkpoints")[-1].glob("*.distcp"))) == 2  # now saved by 2 ranks
+
+
+# ---------------------------------------------------------------- two "nodes" on localhost, c10d rendezvous
+def test_two_nodes_c10d_rendezvous(env, gpt):
+    """2 nodes x 1 process running `torchrun -m powertrain`: DDP equals one process, and the bill sums
+    the two nodes' counters (each read once, by its local rank 0)."""
+    root, one = gpt
+    out, port = root / "nodes", free_port()
+    cmd = torchrun("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                   f"127.0.0.1:{port}", "--rdzv-id", "pt-test", "-m", "powertrain", "train",
+                   str(root / "gpt-tiny.yaml"), "--out", str(out))
+    with job(cmd, env) as a, job(cmd, env) as b:
+        outs = [p.communicate(timeout=180)[0] for p in (a, b)]
+        assert a.returncode == 0 and b.returncode == 0, [o[-2000:] for o in outs]
+    assert_same_training(out, one.dir, tol=1e-5)
+    bill = json.loads((out / "bill.json").read_text())
+    assert bill["device"]["nodes"] == 2 and sorted(d["node_rank"] for d in bill["device"]["devices"]) == [0, 1]
+    assert bill["energy"]["total_j"] == 2 * one.bill["energy"]["total_j"]  # one reading per node, summed
