@@ -12,6 +12,9 @@ True
 Extension points: override `compute_loss(batch, outputs)` (distillation, VAE's ELBO) or
 `train_step(batch)`, or pass `Callback`s. Data order, splits and model init follow the seed, so
 the same seed on CPU gives the same bits, and a resumed run equals an uninterrupted one.
+
+Under torchrun (or `train.strategy` ddp/fsdp) every process builds the same Trainer; each trains on
+its share of every global batch and only rank 0 writes (distributed.py). One process runs none of it.
 """
 from __future__ import annotations
 
