@@ -55,6 +55,17 @@ if os.environ.get("PT_TEST_FAKE_NODE"):  # one energy counter per node, like RAP
             return {"node": 100.0 * self.readings_taken}
 
     meter.detect_backends = lambda *a, **k: ([FakeNode()], [])
+if os.environ.get("PT_TEST_WATCH"):  # record each file operation of this rank under the run directory
+    import sys
+    watched, record = os.environ["PT_TEST_WATCH"], f"{os.environ['PT_TEST_AUDIT']}-rank{os.environ.get('RANK', 'x')}"
+
+    def audit(event, args):
+        if event in ("open", "os.mkdir", "os.rename", "os.replace", "os.remove", "os.rmdir", "os.listdir",
+                     "os.scandir", "shutil.rmtree") and args and str(args[0]).startswith(watched):
+            with open(record, "a") as f:
+                f.write(f"{event} {args[0]}\\n")
+
+    sys.addaudithook(audit)
 if os.environ.get("PT_TEST_SLOW_S"):  # so that a kill lands mid-run
     import time
     from powertrain.engine import Trainer
@@ -241,7 +252,9 @@ def reference(recipe, overrides, out: Path) -> powertrain.Run:
 @pytest.fixture(scope="module")
 def digits_job(env, tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
-    out = run_job([sys.executable, "-m", "powertrain", "train", *DIGITS, "--nproc", "2", "--out", str(root / "ddp")], env)
+    audit = {"PT_TEST_WATCH": str(root / "ddp"), "PT_TEST_AUDIT": str(root / "audit")}  # file operations there
+    out = run_job([sys.executable, "-m", "powertrain", "train", *DIGITS, "--nproc", "2", "--out", str(root / "ddp")],
+                  {**env, **audit})
     return root / "ddp", out, reference(DIGITS[0], DIGITS[1:], root / "one")
 
 
@@ -254,6 +267,8 @@ def test_ddp_equals_one_process(digits_job):
 
 def test_only_rank_0_logs_and_writes(digits_job):
     ddp, printed, _ = digits_job
+    rank0, rank1 = (ddp.parent / f"audit-rank{r}" for r in (0, 1))  # what an audit hook saw in each worker
+    assert "open" in rank0.read_text() and not rank1.exists()  # rank 1 never touched the run directory
     records = [json.loads(line) for line in (ddp / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 25))  # one writer: no step twice
     assert {p.name for p in ddp.iterdir()} == {"recipe.yaml", "env.json", "metrics.jsonl", "eval.json", "bill.json",
