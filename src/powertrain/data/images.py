@@ -279,7 +279,7 @@ def _idx_dataset(name: str, defaults, how_to_get, class_names: list[str]):
 
 _FOUR = "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz"
 DATASETS.register("fashion-mnist", ImageOptions)(_idx_dataset(
-    "fashion-mnist", lambda: [Path("/usr/share/datasets/fashion-mnist"), data_root() / "fashion-mnist"],
+    "fashion-mnist", lambda: [data_root() / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")],
     lambda: (f"install them with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four "
              f"IDX files ({_FOUR}) in a directory and set data.path to it"), FASHION_CLASSES))
 DATASETS.register("mnist", ImageOptions)(_idx_dataset(
