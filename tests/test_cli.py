@@ -76,3 +76,9 @@ def test_default_recipe_short_run(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "mnist1d-cnn" in (tmp_path / "m" / "recipe.yaml").read_text()
     assert json.loads((tmp_path / "m" / "eval.json").read_text())["test"]["accuracy"] > 0.2
+
+
+def test_a_data_error_leaves_no_run_directory(tmp_path):
+    p = run("train", "image224-cnn", "--out", str(tmp_path / "img"))  # no data.path: nothing to train on
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "data.path" in p.stderr
+    assert not (tmp_path / "img").exists()

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 from . import data, distributed, models, rundir, visualize
 from .bill import carbon_model, make_bill, write_bill
 from .engine import Trainer
+from .errors import PowertrainError
 from .measure import Meter
 from .metrics import loss_names
 from .hardware import environment, resolve_device
@@ -97,7 +99,12 @@ def train(recipe: str | Path | dict | Recipe = "mnist1d-cnn", overrides: Optiona
         if distributed.on_main(lambda: (path / "recipe.yaml").is_file()):
             return resume(path, callbacks=callbacks)
     run_dir = distributed.on_main(lambda: rundir.create(recipe, out, _environment(recipe)))
-    run = _fit_and_evaluate(build_trainer(recipe, run_dir if d.is_main else None, callbacks), recipe, run_dir)
+    try:
+        trainer = build_trainer(recipe, run_dir if d.is_main else None, callbacks)
+    except PowertrainError:  # bad data or model: nothing was trained, so leave no half-made run directory
+        distributed.on_main(lambda: shutil.rmtree(run_dir, ignore_errors=True))
+        raise
+    run = _fit_and_evaluate(trainer, recipe, run_dir)
     distributed.finish_job()
     return run
 
@@ -129,4 +136,6 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
 
         raise RunDirError(f"'{path}' has no checkpoint yet; finish it with `powertrain resume {path}`")
     _final_weights(trainer, recipe)
-    return trainer.evaluate(split)
+    metrics = trainer.evaluate(split)
+    metrics.update(loss_names(trainer.model, trainer.task, metrics["loss"]))  # as in eval.json: mse, elbo_nats
+    return metrics

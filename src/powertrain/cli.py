@@ -213,6 +213,10 @@ def parser() -> argparse.ArgumentParser:
     carbon_args(pl)
     pl.set_defaults(func=cmd_plan)
 
+    from .compress.cli import add_commands
+
+    add_commands(sub)  # prune, quantize, export
+
     pk = sub.add_parser("peak", help="measure (and cache) this CPU's peak matmul FLOP/s")
     pk.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "fp64"])
     pk.add_argument("--refresh", action="store_true", help="measure again instead of reading the cache")
