@@ -155,12 +155,13 @@ def prune(run_dir: str | Path, sparsity: float = 0.8, rounds: int = 1, epochs: i
     parent, recipe = open_trained(run_dir, "prune")
     tune = s["epochs"] > 0 or s["steps"] is not None
     child_recipe = finetune_recipe(recipe, s) if tune else recipe
-    child = create_child(parent, child_recipe, out, f"prune{round(s['sparsity'] * 100)}", "prune", s)
-    trainer = make_trainer(child_recipe, child, cls=MaskedTrainer, callbacks=callbacks)
+    trainer = make_trainer(child_recipe, None, cls=MaskedTrainer, callbacks=callbacks)
     load_final_weights(parent, recipe, trainer.model, trainer.device)
     layers = prunable(trainer.model)
     if not layers:
         raise RunDirError(f"'{parent}': model '{recipe.model.name}' has no Linear or Conv weights to prune")
+    child = create_child(parent, child_recipe, out, f"prune{round(s['sparsity'] * 100)}", "prune", s)
+    trainer.run_dir = child  # from here on the trainer logs and checkpoints there
     targets = schedule(s["sparsity"], s["rounds"]) if tune else [s["sparsity"]]
     prune_to(layers, targets[0])
     after_prune = floats(trainer.evaluate("test")) if trainer.data.test is not None else {}
