@@ -35,16 +35,50 @@ class Run:
     bill: dict  # as in bill.json
 
 
-def build_trainer(recipe: Recipe, run_dir: Optional[Path], callbacks=None) -> Trainer:
-    """Data, model and Trainer for a recipe, seeded so that the same recipe gives the same bits."""
+def build_trainer(recipe: Recipe, run_dir: Optional[Path], callbacks=None, teacher: bool = True) -> Trainer:
+    """Data, model and Trainer for a recipe, seeded so that the same recipe gives the same bits.
+
+    `model.init_from` loads the matching weights of another run (compress/transfer.py); with
+    `train.distill` (and `teacher`) the trainer is a `Distiller` of the teacher run (compress/distill.py)."""
     torch.manual_seed(recipe.run.seed)
     bundle = data.build(recipe.data.model_dump(), seed=recipe.run.seed)
     model = models.build(recipe.model.model_dump(), bundle.meta)
+    if recipe.model.init_from:
+        from .compress import transfer
+
+        transfer.apply(model, recipe.model, run_dir, announce=distributed.setup(recipe.train.strategy).is_main)
     meter = Meter(carbon=carbon_model(recipe.run))
     if recipe.run.idle_baseline_s:
         meter.measure_idle(recipe.run.idle_baseline_s)
-    return Trainer(model, bundle, recipe.train, run_dir=run_dir, callbacks=callbacks, seed=recipe.run.seed,
-                   meter=meter)
+    kwargs = dict(run_dir=run_dir, callbacks=callbacks, seed=recipe.run.seed, meter=meter)
+    kd = recipe.train.distill
+    if kd is not None and teacher:
+        from .compress.distill import Distiller, load_teacher
+
+        net, path = load_teacher(kd.teacher, recipe, bundle.meta)
+        trainer = Distiller(model, bundle, recipe.train, teacher=net, alpha=kd.alpha, temperature=kd.temperature,
+                            cache=kd.cache, **kwargs)
+        trainer.teacher_dir = path
+        return trainer
+    return Trainer(model, bundle, recipe.train, **kwargs)
+
+
+def with_parent(recipe: Recipe) -> Recipe:
+    """The recipe with `model.init_from` and `train.distill.teacher` as absolute paths (a run directory
+    must work from any folder) and `run.parent` set to the run it derives from, unless already set:
+    the init_from run (where its weights come from), else the teacher."""
+    init, kd = recipe.model.init_from, recipe.train.distill
+    if not init and kd is None:
+        return recipe
+    raw = recipe.to_dict()
+    if init:
+        raw["model"]["init_from"] = init = str(Path(init).expanduser().resolve())
+    if kd is not None:
+        raw["train"]["distill"]["teacher"] = str(Path(kd.teacher).expanduser().resolve())
+    raw["run"]["parent"] = raw["run"].get("parent") or init or raw["train"]["distill"]["teacher"]
+    from .recipe import parse_recipe
+
+    return parse_recipe(raw)
 
 
 def _final_weights(trainer: Trainer, recipe: Recipe) -> None:
@@ -74,6 +108,10 @@ def _fit_and_evaluate(trainer: Trainer, recipe: Recipe, run_dir: Path) -> Run:
     results["stop_reason"] = trainer.stop_reason
     results["step"] = trainer.step
     bill = make_bill(trainer, recipe.run)  # a collective in a job: energy, FLOPs and devices of every rank
+    if main and hasattr(trainer, "teacher_dir"):  # a distilled run: the teacher's figures beside the student's
+        from .compress.distill import bill_blocks
+
+        bill.update(bill_blocks(trainer, bill, trainer.teacher_dir))
     if main:
         rundir.write_json(run_dir / "eval.json", results)
         write_bill(bill, run_dir)
@@ -93,6 +131,7 @@ def train(recipe: str | Path | dict | Recipe = "mnist1d-cnn", overrides: Optiona
     torchrun restarts a job (`--max-restarts`) whose run directory exists, the job resumes it."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
+    recipe = with_parent(recipe)
     d = distributed.setup(recipe.train.strategy)
     if distributed.elastic_restart_count() and (out or recipe.run.out):
         path = Path(out or recipe.run.out)
@@ -130,7 +169,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     distributed.init_process_group()
     path, recipe = distributed.on_main(lambda: rundir.open_run(run_dir))
     d = distributed.setup(recipe.train.strategy)
-    trainer = build_trainer(recipe, path if d.is_main else None, callbacks=[])
+    trainer = build_trainer(recipe, path if d.is_main else None, callbacks=[], teacher=False)
     if not trainer.resume():
         from .errors import RunDirError
 

@@ -39,6 +39,30 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    from .api import train
+    from .bill import _si
+    from .recipe import apply_overrides, load_recipe, parse_recipe
+
+    kd = [o for o in args.overrides if o.startswith("train.distill.")]  # need the teacher in place to validate
+    raw = load_recipe(args.recipe, [o for o in args.overrides if o not in kd]).to_dict()
+    raw["train"]["distill"] = {**(raw["train"].get("distill") or {}), "teacher": args.teacher}
+    kd += [f"train.distill.{k}={v}" for k, v in (("alpha", args.alpha), ("temperature", args.temperature)) if v is not None]
+    run = train(parse_recipe(apply_overrides(raw, kd)), out=args.out, callbacks=None if args.progress else [])
+    _print_results(run)
+    t, d = run.bill.get("teacher"), run.bill.get("distill")
+    if t and d:
+        def line(who, b):
+            return (f"{who}: {b['params']:,} params, {_si(b['flops_per_sample_forward'], 'FLOP')} and "
+                    f"{_si(b['j_per_inference_sample'], 'J')} per inference sample")
+
+        print(line("teacher", t) + f" (its test accuracy {t['test'].get('accuracy', float('nan')):.4f})")
+        print(line("student", d["student"]) + f" ({t['params'] / max(d['student']['params'], 1):.1f}x fewer params)")
+        print(f"teacher forward FLOPs in this training: {_si(d['teacher_forward_flops'], 'FLOP')} "
+              f"({'cached logits' if d['cached_logits'] else 'every batch'}; included in the training FLOPs)")
+    return 0
+
+
 def cmd_resume(args) -> int:
     from .api import resume
 
@@ -159,6 +183,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default runs/<recipe>-<timestamp>)")
     t.add_argument("--nproc", type=int, help="launch N processes on this node with torchrun (DDP, or train.strategy)")
     t.set_defaults(func=cmd_train)
+
+    ds = sub.add_parser("distill", help="train a student recipe against a trained teacher run (knowledge distillation)")
+    ds.add_argument("--teacher", required=True, help="the teacher's run directory (same classes, or same tokenizer)")
+    ds.add_argument("recipe", help="the student: built-in recipe name or YAML path")
+    ds.add_argument("overrides", nargs="*", help="dotted overrides of the student, e.g. model.conv=[16,32] train.epochs=5")
+    ds.add_argument("--alpha", help="weight of the hard-label cross-entropy, 0..1 (default 0.5 or the recipe's)")
+    ds.add_argument("--temperature", help="softmax temperature T of the soft targets (default 4.0 or the recipe's)")
+    ds.add_argument("--out", help="run directory (default runs/<recipe>-<timestamp>)")
+    ds.add_argument("--no-progress", dest="progress", action="store_false", help="no progress display")
+    ds.set_defaults(func=cmd_distill)
 
     r = sub.add_parser("resume", help="continue a run from its last checkpoint")
     r.add_argument("run_dir")

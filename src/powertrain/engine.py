@@ -37,7 +37,7 @@ from .errors import NonFiniteLoss
 from .hardware import resolve_device, resolve_precision
 from .metrics import TaskMetrics
 from .models.check import dry_run
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, freeze, param_groups
 from .recipe import TrainConfig
 from .rundir import append_jsonl
 
@@ -60,6 +60,8 @@ class Trainer:
         self.task, self.num_classes = data.meta.task, data.meta.num_classes
         self._augment = data.meta.extra.get("augment")
         self.model = model.to(self.device)
+        if cfg.freeze:  # before DDP and FLOP counting: frozen weights get no gradient, the optimizer never sees them
+            freeze(self.model, cfg.freeze)
         self._model_loss = getattr(model, "compute_loss", None)  # looked up once, not per step
         probe = next(self.data.train.batches(torch.arange(min(2, len(self.data.train))), 2))
         dry_run(self.model, probe[0])  # shape bugs fail here, naming the layer, not deep in a step
@@ -77,7 +79,7 @@ class Trainer:
             run_dir = self._setup_distributed(run_dir)
         else:
             self.forward_model = torch.compile(self.model) if cfg.compile else self.model
-        self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], cfg)
+        self.optimizer = build_optimizer(param_groups(self.model, cfg), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" and self.device.type == "cuda" else None
         self.run_dir = Path(run_dir) if run_dir is not None else None

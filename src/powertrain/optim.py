@@ -2,15 +2,72 @@
 
 Schedules are closed-form multipliers of the base LR per optimizer step (a `LambdaLR`), so they are
 easy to read, to resume, and to test against torch's own schedulers.
+
+What the optimizer updates: `freeze` switches off the gradients of parameters matched by glob
+patterns (`train.freeze`), and `param_groups` puts the parameters loaded by `model.init_from` (the
+backbone) in their own group at `lr x train.backbone_lr_mult`.
+
+>>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+>>> freeze(net, ["0.*"])
+['0.weight', '0.bias']
+>>> [len(g["params"]) for g in param_groups(net, TrainConfig())]
+[2]
 """
 from __future__ import annotations
 
 import math
+import warnings
+from fnmatch import fnmatchcase
 from typing import Optional
 
 import torch
 
+from .errors import RecipeError
 from .recipe import TrainConfig
+
+
+def _names_hint(names: list[str]) -> str:
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    return f"parameter names are like {shown}"
+
+
+def freeze(model: torch.nn.Module, patterns: list[str]) -> list[str]:
+    """`requires_grad = False` for every parameter whose name matches one of the glob `patterns`
+    (fnmatch, case-sensitive); returns the names frozen. A pattern matching nothing, or freezing
+    every parameter, is a RecipeError naming `train.freeze`."""
+    named = list(model.named_parameters())
+    names = [n for n, _ in named]
+    for pat in patterns:
+        if not any(fnmatchcase(n, pat) for n in names):
+            raise RecipeError(f"train.freeze: pattern '{pat}' matches no parameter; {_names_hint(names)}")
+    frozen = []
+    for name, p in named:
+        if any(fnmatchcase(name, pat) for pat in patterns):
+            p.requires_grad_(False)
+            frozen.append(name)
+    if len(frozen) == len(named):
+        raise RecipeError(f"train.freeze: {patterns} freezes every parameter, so nothing would train; "
+                          f"freeze fewer ({_names_hint(names)})")
+    return frozen
+
+
+def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The trainable parameters as optimizer groups: one at `cfg.lr`, or, with `cfg.backbone_lr_mult`,
+    the rest (e.g. a new head) first at `cfg.lr` and the backbone at `cfg.lr x backbone_lr_mult`. The
+    backbone is `model.pretrained_names`: the parameters `compress.transfer.load_partial` loaded."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.backbone_lr_mult is None:
+        return [{"params": [p for _, p in trainable]}]
+    loaded = getattr(model, "pretrained_names", None)
+    if not loaded:  # a recipe without model.init_from is refused when parsed; this is e.g. a pruned child's fine-tuning
+        warnings.warn("train.backbone_lr_mult is ignored: no parameter of this model was loaded from a pretrained "
+                      "run (model.init_from, or powertrain.compress.transfer.load_partial)", stacklevel=2)
+        return [{"params": [p for _, p in trainable]}]
+    head = [p for n, p in trainable if n not in loaded]
+    backbone = [p for n, p in trainable if n in loaded]
+    groups = [{"params": head, "name": "head"},
+              {"params": backbone, "name": "backbone", "lr": cfg.lr * cfg.backbone_lr_mult}]
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

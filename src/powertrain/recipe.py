@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from .errors import RecipeError, closest
 
@@ -27,6 +27,16 @@ class EarlyStop(Strict):
     patience: int = Field(5, ge=1)  # evaluations without improvement before stopping
     min_delta: float = Field(0.0, ge=0)  # smallest change that counts as an improvement
     restore_best: bool = True  # load the best weights before the final test evaluation
+
+
+class DistillConfig(Strict):
+    """Knowledge distillation from a trained teacher run (Hinton et al. 2015): the loss is
+    alpha * CE(y, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))."""
+
+    teacher: str  # the teacher's run directory (its recipe and final weights are loaded, frozen, in eval mode)
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the hard-label cross-entropy; 1 - alpha weighs the KL term
+    temperature: float = Field(4.0, gt=0)  # T: softens both distributions; the KL term is scaled by T^2
+    cache: bool = True  # compute the teacher's logits once per train sample (classifiers without augmentation)
 
 
 class TrainConfig(Strict):
@@ -63,6 +73,9 @@ class TrainConfig(Strict):
     log_every: int = Field(50, ge=1)  # steps between metrics.jsonl lines and progress updates
     checkpoint_every_steps: Optional[int] = Field(None, ge=1)  # besides one at every evaluation
     keep_checkpoints: int = Field(2, ge=1)  # newest step checkpoints kept on disk
+    distill: Optional[DistillConfig] = None  # train as a student of a teacher run (compress/distill.py)
+    freeze: list[str] = []  # glob patterns over parameter names (e.g. "0.*"): those get no updates
+    backbone_lr_mult: Optional[float] = Field(None, gt=0)  # LR multiplier of the parameters loaded by model.init_from
 
 
 class RunConfig(Strict):
@@ -72,6 +85,7 @@ class RunConfig(Strict):
     pue: float = Field(1.0, ge=1.0)  # data-centre power usage effectiveness (1.0: the device's own energy only)
     price_per_kwh: Optional[float] = Field(None, ge=0)  # electricity price, for a cost line in the bill
     idle_baseline_s: float = Field(0.0, ge=0)  # measure idle power this long first; report energy above idle
+    parent: Optional[str] = None  # the run this one derives from (set by distill and model.init_from); compare joins them
 
 
 class Section(BaseModel):
@@ -84,11 +98,36 @@ class Section(BaseModel):
         return dict(self.model_extra or {})
 
 
+INIT_KEYS = ("init_from", "init_exclude")
+
+
+class ModelSection(Section):
+    """`model:`: the model's own options, plus where to initialise its weights from (transfer learning).
+
+    `model_dump()` gives the model's own options only (what `models.build` takes); the recipe as a
+    whole (`Recipe.to_dict`) keeps `init_from` and `init_exclude` when they are set."""
+
+    init_from: Optional[str] = None  # a run directory whose weights initialise matching parameters (by name and shape)
+    init_exclude: list[str] = []  # glob patterns of parameter names not to load (e.g. a new head: "9.*")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_init(self, handler):
+        out = handler(self)
+        for key in INIT_KEYS:
+            if not getattr(self, key):
+                out.pop(key, None)
+        return out
+
+    def model_dump(self, **kwargs) -> dict[str, Any]:
+        kwargs["exclude"] = set(kwargs.get("exclude") or ()) | set(INIT_KEYS)
+        return super().model_dump(**kwargs)
+
+
 class Recipe(Strict):
     name: str = "custom"
     description: str = ""
     data: Section
-    model: Section
+    model: ModelSection
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
 
@@ -208,6 +247,12 @@ def parse_recipe(raw: dict) -> Recipe:
         )
     if tc.nesterov and (tc.optimizer != "sgd" or tc.momentum == 0):
         raise RecipeError("train.nesterov: needs train.optimizer=sgd and train.momentum > 0")
+    if tc.backbone_lr_mult is not None and not recipe.model.init_from:
+        raise RecipeError("train.backbone_lr_mult: applies to the parameters loaded by model.init_from, which is not "
+                          "set; set model.init_from=RUN_DIR or remove train.backbone_lr_mult")
+    if recipe.model.init_exclude and not recipe.model.init_from:
+        raise RecipeError("model.init_exclude: says which weights model.init_from should not load, but "
+                          "model.init_from is not set; set it or remove model.init_exclude")
     return recipe
 
 

@@ -7,8 +7,9 @@ metric against energy and against training FLOPs. Reads run directories only.
 Runs on different datasets are not comparable: each dataset (its name, path and test limit) gets its
 own front and colour. For metrics where lower is better (loss, mse, mae, ...) the front flips.
 
-A derived run (pruned, quantized: its derived.json names its parent) costs its parent's training plus
-its own: its time, FLOPs, energy and CO2e are the sums along its line of parents. On the plot a child
+A derived run costs its parent's training plus its own: its time, FLOPs, energy and CO2e are the sums
+along its line of parents. A pruned or quantized run names its parent in derived.json; a distilled or
+fine-tuned one in its recipe's `run.parent` (the teacher, or the `model.init_from` run). On the plot a child
 is marked by its method and joined to its parent by an arrow; a third panel puts the metric against
 the model's size on disk, where quantization shows.
 """
@@ -52,12 +53,36 @@ def _costs(bill: dict) -> dict:
             "energy_j": bill.get("energy", {}).get("total_j"), "co2e_g": bill.get("co2e_g")}
 
 
+def _parent_info(path: Path) -> Optional[dict]:
+    """{"parent", "method", "settings"} of a derived run: derived.json (prune, quantize) or the recipe's
+    run.parent (distill, fine-tune); None for a run trained from scratch."""
+    derived = _read_json(path / "derived.json")
+    if derived:
+        return derived
+    try:
+        import yaml
+
+        raw = yaml.safe_load((path / "recipe.yaml").read_text())
+    except (FileNotFoundError, ValueError):  # yaml's errors are ValueErrors
+        return None
+    if not isinstance(raw, dict):
+        return None
+    run, train, model = (raw.get(k) or {} for k in ("run", "train", "model"))
+    if not run.get("parent"):
+        return None
+    kd = train.get("distill")
+    method = "distill" if kd else "fine-tune" if model.get("init_from") else "derived"
+    return {"parent": run["parent"], "method": method, "settings": kd or {}}
+
+
 def _method_label(derived: dict) -> str:
     s = derived.get("settings", {})
     if derived.get("method") == "prune" and "sparsity" in s:
         return f"prune {s['sparsity']:.0%}"
     if derived.get("method") == "quantize" and "mode" in s:
         return f"int8 {s['mode']}"
+    if derived.get("method") == "distill" and "temperature" in s:
+        return f"distill T={s['temperature']:g} a={s.get('alpha', 0.5):g}"
     return str(derived.get("method", "derived"))
 
 
@@ -81,7 +106,7 @@ def _lineage_costs(path: Path, derived: dict, own: dict) -> tuple[dict, Optional
         seen.add(parent.resolve())
         for k, v in _costs(bill).items():
             total[k] = None if v is None or total[k] is None else total[k] + v
-        info = _read_json(parent / "derived.json")
+        info = _parent_info(parent)
     return total, None
 
 
@@ -97,7 +122,7 @@ def load_row(run_dir: str | Path, metric: str = "accuracy", split: str = "test")
     if value is None:
         have = ", ".join(k for k, v in ev.get(split, {}).items() if isinstance(v, float))
         raise RunDirError(f"'{path}': eval.json has no {split} '{metric}'; pass --metric one of: {have}")
-    derived = _read_json(path / "derived.json")
+    derived = _parent_info(path)
     own = _costs(bill)
     costs, note = _lineage_costs(path, derived, own) if derived else (own, None)
     return {
@@ -160,7 +185,7 @@ def table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
-MARKERS = {"prune": "v", "int8 dynamic": "s", "int8 static": "P"}  # children by method; others "D"
+MARKERS = {"prune": "v", "int8 dynamic": "s", "int8 static": "P", "distill": "^", "fine-tune": ">"}  # others "D"
 
 
 def _marker(method: Optional[str]) -> str:
