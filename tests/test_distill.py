@@ -201,3 +201,15 @@ def test_gpt_student_of_a_gpt_teacher_and_vocabulary_check(tmp_path, capsys):
     with pytest.raises(PowertrainError) as e:
         powertrain.train(other, out=tmp_path / "s2", callbacks=[])
     assert "another vocabulary" in str(e.value) and "\n" not in str(e.value) and not (tmp_path / "s2").exists()
+
+
+def test_recipes_doc_lists_the_distill_and_init_keys():
+    from pathlib import Path
+
+    from powertrain import load_recipe
+    from powertrain.recipe import DistillConfig
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
+    for key in [*DistillConfig.model_fields, "init_from", "init_exclude"]:
+        assert f"| {key} |" in doc, key
+    assert "init_from" not in load_recipe("xor").to_dict()["model"]  # unset: recipe.yaml as before
