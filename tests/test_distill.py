@@ -156,6 +156,16 @@ def test_distill_cli_end_to_end(runs, capsys):
     assert sum(w.numel() for w in weights.values()) == 610  # the student's weights only
 
 
+def test_resumed_distillation_bills_each_cache_build(runs, tmp_path):
+    _, teacher = runs
+    first = powertrain.train("digits-mlp", ["model.hidden=[8]", *QUICK, f"train.distill.teacher={teacher}"],
+                             out=tmp_path / "s", callbacks=[])
+    again = powertrain.resume(first.dir, ["train.epochs=2"], callbacks=[])  # a new process builds the cache again
+    t, bill = again.trainer, again.bill
+    assert t.cache_builds == 2 and bill["distill"]["teacher_forward_flops"] == 2 * t.cache_flops
+    assert bill["flops"]["train_total"] == t.train_flops(0, t.step) + 2 * t.cache_flops
+
+
 def refusal(argv, capsys) -> str:
     assert main(argv) != 0
     err = capsys.readouterr().err.strip()
@@ -213,3 +223,12 @@ def test_recipes_doc_lists_the_distill_and_init_keys():
     for key in [*DistillConfig.model_fields, "init_from", "init_exclude"]:
         assert f"| {key} |" in doc, key
     assert "init_from" not in load_recipe("xor").to_dict()["model"]  # unset: recipe.yaml as before
+
+
+@pytest.mark.parametrize("name", ["powertrain.compress.distill", "powertrain.compress.transfer", "powertrain.optim"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.failed == 0 and result.attempted > 0

@@ -110,6 +110,7 @@ class Distiller(Trainer):
             self.teacher_flops_per_sample = forward_flops(self.teacher, probe[:1]).total
         self.cached = bool(cache and self._augment is None and self.task == "multiclass")
         self.cache_flops = 0
+        self.cache_builds = 0  # this run's, over resumes (each process builds the cache once)
         self._cache_window = None
         if self.cached:
             self._build_cache()
@@ -147,6 +148,7 @@ class Distiller(Trainer):
         and FLOPs are part of the training's bill."""
         train = self.data.train
         self.cache_flops = len(train) * self.teacher_flops_per_sample
+        self.cache_builds += 1
         if self.meter:
             self.meter.begin("fit")
         try:
@@ -156,9 +158,13 @@ class Distiller(Trainer):
                 self._cache_window = self.meter.end("fit", flops=self.cache_flops)
         self.data = type(self.data)(TeacherLogits(train, logits), self.data.val, self.data.test, self.data.meta)
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "distill_cache_builds": self.cache_builds}
+
     def load_state_dict(self, state: dict) -> None:
-        """As Trainer's; the meter totals of the resumed run also keep this process's cache build."""
+        """As Trainer's; the resumed run's bill also keeps this process's cache build (time, energy, FLOPs)."""
         super().load_state_dict(state)
+        self.cache_builds += int(state.get("distill_cache_builds", 0))
         if self.meter and self._cache_window is not None and self.dist.is_main:
             from ..measure.meter import WindowTotals
 
@@ -175,8 +181,11 @@ class Distiller(Trainer):
         return distillation_loss(outputs, teacher, batch[-1], self.alpha, self.temperature)
 
     def teacher_forward_flops(self) -> int:
-        """FLOPs of the teacher's forward passes in this run: the cache's, or one per sample trained."""
-        return self.cache_flops if self.cached else self.samples_trained() * self.teacher_flops_per_sample
+        """FLOPs of the teacher's forward passes in this run: the cache's (once per start or resume), or
+        one per sample trained."""
+        if self.cached:
+            return self.cache_flops * self.cache_builds
+        return self.samples_trained() * self.teacher_flops_per_sample
 
 
 # ---------------------------------------------------------------- the teacher from its run directory
