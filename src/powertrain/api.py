@@ -108,7 +108,7 @@ def _fit_and_evaluate(trainer: Trainer, recipe: Recipe, run_dir: Path) -> Run:
     results["stop_reason"] = trainer.stop_reason
     results["step"] = trainer.step
     bill = make_bill(trainer, recipe.run)  # a collective in a job: energy, FLOPs and devices of every rank
-    if main and hasattr(trainer, "teacher_dir"):  # a distilled run: the teacher's figures beside the student's
+    if main and getattr(trainer, "teacher_dir", None):  # a distilled run: the teacher's figures beside the student's
         from .compress.distill import bill_blocks
 
         bill.update(bill_blocks(trainer, bill, trainer.teacher_dir))

@@ -93,6 +93,8 @@ class Distiller(Trainer):
     >>> t.fit().evaluate("test")["accuracy"]  # doctest: +SKIP
     """
 
+    teacher_dir: Optional[Path] = None  # the teacher's run directory, when loaded from one (its bill feeds ours)
+
     def __init__(self, model: nn.Module, data, config=None, *, teacher: nn.Module, alpha: float = 0.5,
                  temperature: float = 4.0, cache: bool = True, **trainer_kwargs):
         super().__init__(model, data, config, **trainer_kwargs)
