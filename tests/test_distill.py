@@ -3,6 +3,7 @@ to fresh ones, alpha = 1 is plain training bit for bit, the teacher's FLOPs in t
 end to end (bill blocks, run.parent, compare), a GPT student of a GPT teacher, and the one-line refusals."""
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from powertrain import TrainConfig, Trainer, data, models
 from powertrain.cli import main
 from powertrain.compress.distill import Distiller, TeacherLogits, distillation_loss
 from powertrain.errors import PowertrainError, RecipeError
+from powertrain.generate import generate
 from powertrain.report import compare, table
 
 QUICK = ["train.epochs=1", "train.batch_size=128", "train.log_every=100", "train.device=cpu"]
@@ -211,6 +213,9 @@ def test_gpt_student_of_a_gpt_teacher_and_vocabulary_check(tmp_path, capsys):
     with pytest.raises(PowertrainError) as e:
         powertrain.train(other, out=tmp_path / "s2", callbacks=[])
     assert "another vocabulary" in str(e.value) and "\n" not in str(e.value) and not (tmp_path / "s2").exists()
+    shutil.rmtree(teacher)  # the student stands alone: eval and generate need no teacher
+    assert powertrain.evaluate(run.dir, "val")["loss"] == pytest.approx(run.metrics["val"]["loss"], rel=1e-5)
+    assert generate(run.dir, prompt="def ", max_new_tokens=5, seed=0).startswith("def ")
 
 
 def test_recipes_doc_lists_the_distill_and_init_keys():

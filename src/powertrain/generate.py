@@ -39,7 +39,7 @@ def generate(run_dir: str | Path, prompt: str = "\n", max_new_tokens: int = 500,
     if not prompt:
         raise RecipeError("prompt (--prompt): empty; give at least one character, e.g. --prompt 'def '")
     path, recipe = open_run(run_dir)
-    trainer = build_trainer(recipe, path, callbacks=[])
+    trainer = build_trainer(recipe, path, callbacks=[], teacher=False)  # a distilled GPT: no teacher needed
     model, vocab = trainer.model, trainer.data.meta.extra.get("vocab")
     if not hasattr(model, "generate") or vocab is None:
         raise RunDirError(f"'{path}' trained model '{recipe.model.name}' on data '{recipe.data.name}'; generating text "

@@ -1,0 +1,128 @@
+"""Knowledge distillation, the Shrink issue's acceptance runs: a student >= 4x smaller than the teacher,
+trained alone and distilled from the teacher, over 3 seeds; the table goes into docs/benchmarks.md.
+
+    python bench/distill.py mnist1d                   # teacher mnist1d-cnn (114,698 params), student 18,602
+    python bench/distill.py fashion [--teacher RUN]   # teacher fashion-convnet (421,642), student 55,338
+    python bench/distill.py all
+
+The teacher is the built-in recipe at full length, seed 0, under --root (default /tmp/powertrain-distill),
+trained there when missing (`--teacher RUN_DIR` uses an existing run). Each student run is the teacher's
+recipe with the smaller model and the same training schedule, run.seed 0, 1, 2; "distilled" adds
+train.distill (alpha 0.5, temperature 4, cached teacher logits). Not a test: fashion takes an hour or more
+on 2 shared cores. Set OMP_NUM_THREADS=1 on a shared machine: two threads fighting other jobs for two
+cores run ~30x slower here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import powertrain
+
+from docs_section import write_section
+
+SETUPS = {
+    "mnist1d": {"teacher": "mnist1d-cnn", "student": ["model.conv=[16,32,32]", "model.dense=[32]"]},
+    "fashion": {"teacher": "fashion-convnet", "student": ["model.conv=[16,32]", "model.dense=[32]"]},
+}
+ALPHA, TEMPERATURE = 0.5, 4.0
+
+
+def teacher_run(name: str, root: Path, given: str | None) -> Path:
+    if given:
+        return Path(given)
+    path = root / f"{name}-teacher"
+    if not (path / "eval.json").is_file():
+        shutil.rmtree(path, ignore_errors=True)
+        print(f"== training the teacher {name} into {path}", flush=True)
+        powertrain.train(name, out=path, callbacks=[])
+    return path
+
+
+def student(recipe: str, overrides: list[str], out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    run = powertrain.train(recipe, overrides, out=out, callbacks=[])
+    wall = time.perf_counter() - t0
+    b = run.bill
+    return {"acc": run.metrics["test"]["accuracy"], "params": b["params"], "wall_s": wall,
+            "steps_per_s": b["steps"] / b["time_s"]["fit"], "train_flops": b["flops"]["train_total"],
+            "flops_per_sample": b["flops"]["per_sample_forward"], "j_per_inference": b["j_per_inference_sample"],
+            "energy_j": b["energy"]["total_j"], "teacher": b.get("teacher"), "distill": b.get("distill")}
+
+
+def mean_std(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
+
+
+def run_setup(key: str, root: Path, seeds: list[int], given: str | None) -> str:
+    cfg = SETUPS[key]
+    load = os.getloadavg()[0]
+    teacher = teacher_run(cfg["teacher"], root, given)
+    tev, tbill = (json.loads((teacher / f).read_text()) for f in ("eval.json", "bill.json"))
+    rows = {"alone": [], "distilled": []}
+    for seed in seeds:
+        common = [*cfg["student"], f"run.seed={seed}"]
+        rows["alone"].append(student(cfg["teacher"], common, root / f"{key}-student-s{seed}"))
+        kd = [*common, f"train.distill.teacher={teacher}", f"train.distill.alpha={ALPHA}",
+              f"train.distill.temperature={TEMPERATURE}"]
+        rows["distilled"].append(student(cfg["teacher"], kd, root / f"{key}-distilled-s{seed}"))
+        print(f"{key} seed {seed}: alone {rows['alone'][-1]['acc']:.4f}  distilled {rows['distilled'][-1]['acc']:.4f}",
+              flush=True)
+    alone, kd = rows["alone"], rows["distilled"]
+    d = kd[0]["distill"]
+    diff = [b["acc"] - a["acc"] for a, b in zip(alone, kd)]
+    lines = [
+        f"Teacher `{cfg['teacher']}` (seed 0): {tbill['params']:,} params, test accuracy {tev['test']['accuracy']:.4f}, "
+        f"{tbill['flops']['per_sample_forward'] / 1e6:.3g} MFLOP and {tbill['j_per_inference_sample']:.3g} J per "
+        f"inference sample. Student: `{cfg['teacher']}` with {' '.join(cfg['student'])} "
+        f"({alone[0]['params']:,} params, {tbill['params'] / alone[0]['params']:.1f}x fewer; "
+        f"{alone[0]['flops_per_sample'] / 1e6:.3g} MFLOP and {statistics.mean(r['j_per_inference'] for r in alone):.3g} J "
+        f"per inference sample), the teacher's training schedule; distilled with alpha {ALPHA}, T {TEMPERATURE}, "
+        f"cached teacher logits.",
+        "",
+        "| student | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std | train FLOPs | steps/s |",
+        "|---|" + "---|" * len(seeds) + "---|---|---|",
+    ]
+    for name, rs in (("trained alone", alone), ("distilled", kd)):
+        lines.append(f"| {name} | " + " | ".join(f"{r['acc']:.4f}" for r in rs) + f" | {mean_std([r['acc'] for r in rs])} | "
+                     f"{statistics.mean(r['train_flops'] for r in rs):.3g} | {statistics.mean(r['steps_per_s'] for r in rs):.1f} |")
+    lines += [
+        "",
+        f"Distilled minus alone, per seed: {', '.join(f'{x:+.4f}' for x in diff)} (mean {statistics.mean(diff):+.4f}). "
+        f"The distilled runs' training FLOPs include the teacher's forward pass over the train split "
+        f"({d['teacher_forward_flops']:.3g} FLOP, once: the cache); the teacher's own training "
+        f"({tbill['flops']['train_total']:.3g} FLOP) is in its bill, and `powertrain compare` adds it to the students'.",
+        f"Measured {time.strftime('%Y-%m-%d')} on CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"load average {load:.1f} at the start (a shared machine: times and steps/s are inflated). "
+        f"Runs under {root}.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("which", choices=[*SETUPS, "all"])
+    p.add_argument("--root", default="/tmp/powertrain-distill")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--teacher", help="an existing teacher run directory (one setup only)")
+    args = p.parse_args()
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    for key in (SETUPS if args.which == "all" else [args.which]):
+        body = run_setup(key, root, args.seeds, args.teacher if args.which != "all" else None)
+        title = {"mnist1d": "Distillation: mnist1d (bench/distill.py mnist1d)",
+                 "fashion": "Distillation: Fashion-MNIST (bench/distill.py fashion)"}[key]
+        write_section(title, body)
+        print(body)
+
+
+if __name__ == "__main__":
+    main()
