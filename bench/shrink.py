@@ -128,8 +128,8 @@ def run_quantize(root: Path, given: dict) -> None:
 
 def run_export(root: Path, given: dict) -> None:
     load = machine()
-    lines = ["| recipe | model | params | ONNX bytes | max abs diff (torch vs onnxruntime) | bar | ok | export s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | model | params | ONNX bytes | max abs diff (torch vs onnxruntime) | largest abs output | bar | ok | "
+             "export s |", "|---|---|---|---|---|---|---|---|---|"]
     for name in EXPORT:
         src = parent(name, root, given)
         print(f"== export {name}", flush=True)
@@ -138,7 +138,7 @@ def run_export(root: Path, given: dict) -> None:
         wall_s = time.perf_counter() - t0
         recipe, bill = powertrain.load_recipe(src / "recipe.yaml"), read(src, "bill.json")
         lines.append(f"| {name} | {recipe.model.name} | {bill['params']:,} | {r['bytes']:,} | {r['max_abs_diff']:.2e} | "
-                     f"{r['bar']:g} | {'yes' if r['ok'] else '**no**'} | {wall_s:.0f} |")
+                     f"{r['max_abs_output']:.3g} | {r['bar']:g} | {'yes' if r['ok'] else '**no**'} | {wall_s:.0f} |")
         print(lines[-1], flush=True)
     body = (f"Command: `python bench/shrink.py export` ({load}).\n"
             f"`powertrain export RUN --format onnx`: torch.onnx dynamo exporter, dynamic batch; the file is run by "

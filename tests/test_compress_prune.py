@@ -59,6 +59,8 @@ def test_rounds_with_fine_tuning_keep_the_masks(mlp_run, tmp_path):
     assert not torch.equal(after["4.weight"][kept], before["4.weight"][kept])  # fine-tuned
     derived = json.loads((child / "derived.json").read_text())
     assert derived["parent"] == str(mlp_run.resolve()) and derived["method"] == "prune"
+    recipe = powertrain.load_recipe(child / "recipe.yaml")
+    assert recipe.run.parent == str(mlp_run.resolve()) and recipe.train.lr == 1e-3 and recipe.train.epochs == 2
     rounds = derived["report"]["rounds"]
     steps_per_epoch = json.loads((child / "eval.json").read_text())["step"] // 2
     assert [r["step"] for r in rounds] == [0, steps_per_epoch]

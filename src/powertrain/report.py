@@ -185,6 +185,13 @@ def table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
+def _short(v: float) -> str:
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= factor:
+            return f"{v / factor:.3g}{prefix}"
+    return f"{v:.3g}"
+
+
 MARKERS = {"prune": "v", "int8 dynamic": "s", "int8 static": "P", "distill": "^", "fine-tune": ">"}  # others "D"
 
 
@@ -210,6 +217,7 @@ def plot(rows: list[dict], metric: str, split: str, png: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     panels = ((axes[0], "energy_j", "training energy (J)"), (axes[1], "train_flops", "training FLOPs"),
@@ -236,6 +244,9 @@ def plot(rows: list[dict], metric: str, split: str, png: Path) -> Path:
         xs = [r[key] for r in pts if r[key] > 0]
         if xs and max(xs) > 20 * min(xs):  # a log axis over less than a decade or so has no readable ticks
             ax.set_xscale("log")
+        else:  # few short ticks (1.2T, 500k), not an offset that collides with the axis label
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _short(v)))
         ax.set_xlabel(label + (" (children: + parents')" if methods and key != "size_bytes" else ""))
         ax.set_ylabel(f"{split} {metric}")
         ax.grid(alpha=0.3)

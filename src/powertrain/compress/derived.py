@@ -1,10 +1,11 @@
 """Derived runs: a run directory made from another run (pruned, quantized), with its own bill.
 
     PARENT/                      a run of `powertrain train`
-    CHILD/  recipe.yaml          the parent's recipe (with the fine-tuning settings, if any)
+    CHILD/  recipe.yaml          the parent's recipe (with the fine-tuning settings, if any) and
+                                 run.parent: PARENT
             env.json             versions, device, threads of this derivation
             derived.json         {"parent": PARENT, "method": "prune" | "quantize", "settings": {...},
-                                  "report": {...}}   (recipe.py has no `run.parent` field yet)
+                                  "report": {...}}
             eval.json, bill.json the derived model's metrics, and the bill of the derivation alone
             checkpoints/         a pruned model: step-N/ as any run;
                                  a quantized one: quantized.safetensors (int8, read by `load_model`)
@@ -28,7 +29,7 @@ from ..errors import RunDirError
 from ..hardware import environment, resolve_device
 from ..measure import Meter
 from ..metrics import loss_names
-from ..recipe import Recipe
+from ..recipe import Recipe, parse_recipe
 
 DERIVED = "derived.json"
 QUANTIZED = "quantized.safetensors"  # under checkpoints/
@@ -78,6 +79,18 @@ def open_trained(run_dir: str | Path, what: str, overrides: Optional[list[str]] 
     if info and info.get("method") == "quantize":
         raise RunDirError(f"'{path}' is a quantized (int8) run; {what} its parent '{info.get('parent')}' instead")
     return path, recipe
+
+
+def child_recipe(recipe: Recipe, parent: Path) -> Recipe:
+    """The parent's recipe for a derived run: `run.parent` set to the parent, and what made the parent's
+    own weights dropped (model.init_from, train.distill, train.backbone_lr_mult): the child starts
+    from the parent's final weights instead."""
+    raw = recipe.to_dict()
+    for key in ("init_from", "init_exclude"):
+        raw["model"].pop(key, None)
+    raw["train"].update({"distill": None, "backbone_lr_mult": None})
+    raw["run"]["parent"] = str(parent.resolve())
+    return parse_recipe(raw)
 
 
 def create_child(parent: Path, recipe: Recipe, out: Optional[str | Path], default_name: str, method: str,

@@ -63,27 +63,29 @@ def _outputs(out) -> list[torch.Tensor]:
     return [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
 
 
-def onnx_parity(onnx_path: Path, model: torch.nn.Module, batches: list[torch.Tensor]) -> float:
-    """Largest |torch - onnxruntime| over every output of every batch."""
+def onnx_parity(onnx_path: Path, model: torch.nn.Module, batches: list[torch.Tensor]) -> tuple[float, float]:
+    """(largest |torch - onnxruntime|, largest |torch|) over every output of every batch."""
     import numpy as np
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    worst = 0.0
+    worst, largest = 0.0, 0.0
     with torch.no_grad():
         for x in batches:
             ours = _outputs(model(x))
             theirs = session.run(None, {name: x.numpy()})
             for a, b in zip(ours, theirs):
                 worst = max(worst, float(np.abs(a.numpy().astype(np.float64) - b.astype(np.float64)).max()))
-    return worst
+                largest = max(largest, float(a.abs().max()))
+    return worst, largest
 
 
 def export(run_dir: str | Path, format: str = "onnx", out: Optional[str | Path] = None, samples: int = 64) -> dict:
     """Write the run's final model as `format` to `out` (default RUN_DIR/export/model.onnx or
     model.safetensors). Returns {"format", "path", "bytes"} and, for ONNX, "max_abs_diff" (torch vs
-    onnxruntime on `samples` data samples and on 1), "bar" (1e-4) and "ok".
+    onnxruntime on `samples` data samples and on 1), "max_abs_output" (largest |torch output|, for scale),
+    "bar" (1e-4) and "ok".
 
     >>> export("runs/mnist1d-cnn", format="safetensors")["path"]  # doctest: +SKIP
     'runs/mnist1d-cnn/export/model.safetensors'
@@ -125,8 +127,9 @@ def export(run_dir: str | Path, format: str = "onnx", out: Optional[str | Path] 
                                     input_names=["input"], output_names=["output"], verbose=False)
         program.save(str(tmp))  # one file: small models need no external data
     os.replace(tmp, dest)
-    diff = onnx_parity(dest, model, [x, x[:1]])
+    diff, largest = onnx_parity(dest, model, [x, x[:1]])
     return {"format": format, "path": str(dest), "bytes": dest.stat().st_size, "max_abs_diff": diff,
+            "max_abs_output": largest,
             "bar": BAR_FP32, "ok": diff <= BAR_FP32, "samples": len(x),
             "checked": f"onnxruntime {onnxruntime.__version__} CPU vs torch {torch.__version__}, "
                        f"batches of {len(x)} and 1"}

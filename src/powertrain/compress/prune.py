@@ -22,7 +22,6 @@ import math
 from pathlib import Path
 from typing import Optional
 
-import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
 
@@ -30,8 +29,8 @@ from ..callbacks import Callback
 from ..engine import Trainer
 from ..errors import RecipeError, RunDirError
 from ..recipe import Recipe, parse_recipe
-from .derived import (create_child, evaluate_splits, finish_child, floats, load_final_weights, make_trainer,
-                      open_trained, parent_metrics, update_derived)
+from .derived import (child_recipe, create_child, evaluate_splits, finish_child, floats, load_final_weights,
+                      make_trainer, open_trained, parent_metrics, update_derived)
 
 PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -154,13 +153,14 @@ def prune(run_dir: str | Path, sparsity: float = 0.8, rounds: int = 1, epochs: i
     s = _settings(sparsity, rounds, epochs, lr, steps)
     parent, recipe = open_trained(run_dir, "prune")
     tune = s["epochs"] > 0 or s["steps"] is not None
-    child_recipe = finetune_recipe(recipe, s) if tune else recipe
-    trainer = make_trainer(child_recipe, None, cls=MaskedTrainer, callbacks=callbacks)
+    base = child_recipe(recipe, parent)
+    tuned = finetune_recipe(base, s) if tune else base
+    trainer = make_trainer(tuned, None, cls=MaskedTrainer, callbacks=callbacks)
     load_final_weights(parent, recipe, trainer.model, trainer.device)
     layers = prunable(trainer.model)
     if not layers:
         raise RunDirError(f"'{parent}': model '{recipe.model.name}' has no Linear or Conv weights to prune")
-    child = create_child(parent, child_recipe, out, f"prune{round(s['sparsity'] * 100)}", "prune", s)
+    child = create_child(parent, tuned, out, f"prune{round(s['sparsity'] * 100)}", "prune", s)
     trainer.run_dir = child  # from here on the trainer logs and checkpoints there
     targets = schedule(s["sparsity"], s["rounds"]) if tune else [s["sparsity"]]
     prune_to(layers, targets[0])
@@ -180,7 +180,7 @@ def prune(run_dir: str | Path, sparsity: float = 0.8, rounds: int = 1, epochs: i
               "note": "zeros are stored densely: the checkpoint is as large and a forward pass as costly as "
                       "the parent's; sparse kernels or structured pruning would be needed to save either"}
     update_derived(child, report=report)
-    finish_child(child, trainer, child_recipe, results, "prune")
+    finish_child(child, trainer, tuned, results, "prune")
     return child
 
 

@@ -40,8 +40,8 @@ from torch import nn
 from ..errors import RecipeError, RunDirError
 from ..models import count_params
 from ..recipe import Recipe, parse_recipe
-from .derived import (QUANTIZED, create_child, evaluate_splits, finish_child, load_final_weights, make_trainer,
-                      open_trained, parent_metrics, update_derived, floats)
+from .derived import (QUANTIZED, child_recipe, create_child, evaluate_splits, finish_child, floats,
+                      load_final_weights, make_trainer, open_trained, parent_metrics, update_derived)
 
 MODES = ("dynamic", "static")
 DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU)
@@ -322,7 +322,7 @@ def quantize(run_dir: str | Path, mode: str = "dynamic", out: Optional[str | Pat
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise RecipeError(f"{name} (--{name.replace('_', '-')}): expected a whole number >= {lo}, got {v!r}")
     parent, recipe = open_trained(run_dir, "quantize")
-    cpu_recipe = _cpu_recipe(recipe)
+    cpu_recipe = _cpu_recipe(child_recipe(recipe, parent))
     trainer = make_trainer(cpu_recipe, None, callbacks=[])
     load_final_weights(parent, recipe, trainer.model, trainer.device)
     fp32 = trainer.model.eval()
