@@ -164,7 +164,8 @@ def prune(run_dir: str | Path, sparsity: float = 0.8, rounds: int = 1, epochs: i
     trainer.run_dir = child  # from here on the trainer logs and checkpoints there
     targets = schedule(s["sparsity"], s["rounds"]) if tune else [s["sparsity"]]
     prune_to(layers, targets[0])
-    after_prune = floats(trainer.evaluate("test")) if trainer.data.test is not None else {}
+    split = "test" if trainer.data.test is not None else "val"  # a text corpus has no test split
+    after_prune = floats(trainer.evaluate(split)) if getattr(trainer.data, split) is not None else {}
     rounds = PruneRounds(layers, targets, max(1, trainer.total_steps // len(targets)))
     if tune:
         trainer.callbacks.append(rounds)
@@ -174,7 +175,7 @@ def prune(run_dir: str | Path, sparsity: float = 0.8, rounds: int = 1, epochs: i
     results = evaluate_splits(trainer)
     report = {**sparsity_report(layers), "target_sparsity": s["sparsity"],
               "rounds": [{"round": 1, "step": 0, "sparsity": targets[0]}] + rounds.log,
-              "metrics": {"parent": parent_metrics(parent), "after_prune": {"test": after_prune},
+              "metrics": {"parent": parent_metrics(parent), "after_prune": {split: after_prune},
                           "final": {k: floats(v) for k, v in results.items()}},
               "finetune_steps": trainer.step,
               "note": "zeros are stored densely: the checkpoint is as large and a forward pass as costly as "
@@ -193,8 +194,9 @@ def format_report(report: dict) -> str:
     lines.append(f"{'all pruned layers':<28} {'':<16} {report['prunable_params']:>10,} {report['zeros']:>10,} "
                  f"{report['sparsity']:>9.2%}  (target {report['target_sparsity']:.2%})")
     m = report["metrics"]
-    for label, block in (("parent", m["parent"].get("test", {})), ("after pruning", m["after_prune"]["test"]),
-                         (f"after {report['finetune_steps']} fine-tuning steps", m["final"].get("test", {}))):
+    split = next(iter(m["after_prune"]), "test")
+    for label, block in (("parent", m["parent"].get(split, {})), ("after pruning", m["after_prune"].get(split, {})),
+                         (f"after {report['finetune_steps']} fine-tuning steps", m["final"].get(split, {}))):
         if block:
-            lines.append(f"test {label}: " + "  ".join(f"{k} {v:.4f}" for k, v in block.items()))
+            lines.append(f"{split} {label}: " + "  ".join(f"{k} {v:.4f}" for k, v in block.items()))
     return "\n".join(lines)

@@ -391,15 +391,16 @@ def format_report(report: dict) -> str:
     """Size, latency and metrics, fp32 against int8, as `powertrain quantize` prints them."""
     s, lat = report["size_bytes"], report["latency_s_per_sample"]
     m = report["metrics"]
-    before, after = m["parent"].get("test", {}), m["final"].get("test", {})
+    split = "test" if "test" in m["final"] else "val"  # a text corpus has no test split
+    before, after = m["parent"].get(split, {}), m["final"].get(split, {})
     lines = [f"{'':<22} {'fp32':>12} {'int8':>12} {'ratio':>7}",
              f"{'size on disk (bytes)':<22} {s['fp32']:>12,} {s['int8']:>12,} {report['size_ratio']:>6.2f}x",
              f"{'latency / sample (ms)':<22} {lat['fp32'] * 1e3:>12.3f} {lat['int8'] * 1e3:>12.3f} "
              f"{report['latency_ratio']:>6.2f}x"]
     for k in after:
         if k in before:
-            lines.append(f"{'test ' + k:<22} {before[k]:>12.4f} {after[k]:>12.4f}")
+            lines.append(f"{split + ' ' + k:<22} {before[k]:>12.4f} {after[k]:>12.4f}")
     setup = report["latency_setup"]
     lines.append(f"latency: batch {setup['batch']}, median of {setup['repeats']} after {setup['warmup']} warm-up, "
-                 f"{setup['threads']} threads; int8 layers: {', '.join(report['quantized_layers'])}")
+                 f"{setup['threads']} thread{'s' if setup['threads'] > 1 else ''}; int8 layers: {', '.join(report['quantized_layers'])}")
     return "\n".join(lines)
