@@ -8,9 +8,10 @@ trained alone and distilled from the teacher, over 3 seeds; the table goes into 
 The teacher is the built-in recipe at full length, seed 0, under --root (default /tmp/powertrain-distill),
 trained there when missing (`--teacher RUN_DIR` uses an existing run). Each student run is the teacher's
 recipe with the smaller model and the same training schedule, run.seed 0, 1, 2; "distilled" adds
-train.distill (alpha 0.5, temperature 4, cached teacher logits). Not a test: fashion takes an hour or more
-on 2 shared cores. Set OMP_NUM_THREADS=1 on a shared machine: two threads fighting other jobs for two
-cores run ~30x slower here.
+train.distill (alpha 0.5, temperature 4, cached teacher logits). --alpha/--temperature: another setting,
+in a section of its own; --reuse: read finished runs under --root instead of training them again.
+Not a test: the fashion students take ~20 min (6 runs), its teacher ~30 min, on 2 shared cores. Set
+OMP_NUM_THREADS=1 on a shared machine: two threads fighting other jobs for two cores ran ~30x slower here.
 """
 from __future__ import annotations
 
@@ -46,13 +47,15 @@ def teacher_run(name: str, root: Path, given: str | None) -> Path:
     return path
 
 
-def student(recipe: str, overrides: list[str], out: Path) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    run = powertrain.train(recipe, overrides, out=out, callbacks=[])
-    wall = time.perf_counter() - t0
-    b = run.bill
-    return {"acc": run.metrics["test"]["accuracy"], "params": b["params"], "wall_s": wall,
+def student(recipe: str, overrides: list[str], out: Path, reuse: bool = False) -> dict:
+    """Train one student into `out` (replacing it), or with `reuse` read a finished run there."""
+    if reuse and (out / "eval.json").is_file():
+        metrics, b = (json.loads((out / f).read_text()) for f in ("eval.json", "bill.json"))
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        run = powertrain.train(recipe, overrides, out=out, callbacks=[])
+        metrics, b = run.metrics, run.bill
+    return {"acc": metrics["test"]["accuracy"], "params": b["params"],
             "steps_per_s": b["steps"] / b["time_s"]["fit"], "train_flops": b["flops"]["train_total"],
             "flops_per_sample": b["flops"]["per_sample_forward"], "j_per_inference": b["j_per_inference_sample"],
             "energy_j": b["energy"]["total_j"], "teacher": b.get("teacher"), "distill": b.get("distill")}
@@ -62,7 +65,8 @@ def mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
 
 
-def run_setup(key: str, root: Path, seeds: list[int], given: str | None) -> str:
+def run_setup(key: str, root: Path, seeds: list[int], given: str | None, alpha: float = ALPHA,
+              temperature: float = TEMPERATURE, reuse: bool = False) -> str:
     cfg = SETUPS[key]
     load = os.getloadavg()[0]
     teacher = teacher_run(cfg["teacher"], root, given)
@@ -70,10 +74,11 @@ def run_setup(key: str, root: Path, seeds: list[int], given: str | None) -> str:
     rows = {"alone": [], "distilled": []}
     for seed in seeds:
         common = [*cfg["student"], f"run.seed={seed}"]
-        rows["alone"].append(student(cfg["teacher"], common, root / f"{key}-student-s{seed}"))
-        kd = [*common, f"train.distill.teacher={teacher}", f"train.distill.alpha={ALPHA}",
-              f"train.distill.temperature={TEMPERATURE}"]
-        rows["distilled"].append(student(cfg["teacher"], kd, root / f"{key}-distilled-s{seed}"))
+        rows["alone"].append(student(cfg["teacher"], common, root / f"{key}-student-s{seed}", reuse))
+        kd = [*common, f"train.distill.teacher={teacher}", f"train.distill.alpha={alpha}",
+              f"train.distill.temperature={temperature}"]
+        tag = "" if (alpha, temperature) == (ALPHA, TEMPERATURE) else f"-a{alpha:g}-t{temperature:g}"
+        rows["distilled"].append(student(cfg["teacher"], kd, root / f"{key}-distilled{tag}-s{seed}", reuse))
         print(f"{key} seed {seed}: alone {rows['alone'][-1]['acc']:.4f}  distilled {rows['distilled'][-1]['acc']:.4f}",
               flush=True)
     alone, kd = rows["alone"], rows["distilled"]
@@ -85,7 +90,7 @@ def run_setup(key: str, root: Path, seeds: list[int], given: str | None) -> str:
         f"inference sample. Student: `{cfg['teacher']}` with {' '.join(cfg['student'])} "
         f"({alone[0]['params']:,} params, {tbill['params'] / alone[0]['params']:.1f}x fewer; "
         f"{alone[0]['flops_per_sample'] / 1e6:.3g} MFLOP and {statistics.mean(r['j_per_inference'] for r in alone):.3g} J "
-        f"per inference sample), the teacher's training schedule; distilled with alpha {ALPHA}, T {TEMPERATURE}, "
+        f"per inference sample), the teacher's training schedule; distilled with alpha {alpha:g}, T {temperature:g}, "
         f"cached teacher logits.",
         "",
         "| student | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std | train FLOPs | steps/s |",
@@ -113,13 +118,19 @@ def main() -> None:
     p.add_argument("--root", default="/tmp/powertrain-distill")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--teacher", help="an existing teacher run directory (one setup only)")
+    p.add_argument("--alpha", type=float, default=ALPHA, help=f"weight of the hard labels (default {ALPHA})")
+    p.add_argument("--temperature", type=float, default=TEMPERATURE, help=f"softmax temperature (default {TEMPERATURE})")
+    p.add_argument("--reuse", action="store_true", help="read finished student runs under --root instead of training")
     args = p.parse_args()
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     for key in (SETUPS if args.which == "all" else [args.which]):
-        body = run_setup(key, root, args.seeds, args.teacher if args.which != "all" else None)
-        title = {"mnist1d": "Distillation: mnist1d (bench/distill.py mnist1d)",
-                 "fashion": "Distillation: Fashion-MNIST (bench/distill.py fashion)"}[key]
+        body = run_setup(key, root, args.seeds, args.teacher if args.which != "all" else None, args.alpha,
+                         args.temperature, args.reuse)
+        name = {"mnist1d": "mnist1d", "fashion": "Fashion-MNIST"}[key]
+        setting = "" if (args.alpha, args.temperature) == (ALPHA, TEMPERATURE) else \
+            f" with alpha {args.alpha:g}, T {args.temperature:g}"  # no title may start another's: see docs_section
+        title = f"Distillation{setting}: {name} (bench/distill.py {key})"
         write_section(title, body)
         print(body)
 
