@@ -109,3 +109,13 @@ def test_quantize_command(runs, tmp_path, capsys):
     args = p.parse_args(["quantize", str(runs["mlp"]), "--threads", "two", "--out", str(tmp_path / "r")])
     with pytest.raises(RecipeError, match="--threads"):
         args.func(args)
+
+
+def test_eval_reads_the_int8_model_and_resume_refuses(runs, tmp_path):
+    child = quantize(runs["mlp"], out=tmp_path / "q", repeats=2, warmup=1)
+    saved = json.loads((child / "eval.json").read_text())["test"]
+    assert powertrain.evaluate(child)["accuracy"] == pytest.approx(saved["accuracy"])
+    with pytest.raises(RunDirError, match="cannot be resumed"):
+        powertrain.resume(child, callbacks=[])
+    assert json.loads((child / "eval.json").read_text())["test"] == saved  # nothing overwritten
+

@@ -19,7 +19,7 @@ import yaml
 from . import data, distributed, models, rundir, visualize
 from .bill import carbon_model, make_bill, write_bill
 from .engine import Trainer
-from .errors import PowertrainError
+from .errors import PowertrainError, RunDirError
 from .measure import Meter
 from .metrics import loss_names
 from .hardware import environment, resolve_device
@@ -153,6 +153,7 @@ def resume(run_dir: str | Path, overrides: Optional[list[str]] = None, callbacks
     with any number of processes (rank 0 reads the run directory)."""
     distributed.init_process_group()  # join torchrun's group, if any, before the recipe picks a strategy
     path, recipe = distributed.on_main(lambda: rundir.open_run(run_dir, overrides))
+    _refuse_derived(path)
     if overrides:
         distributed.on_main(lambda: (path / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False)))
     d = distributed.setup(recipe.train.strategy)
@@ -164,15 +165,29 @@ def resume(run_dir: str | Path, overrides: Optional[list[str]] = None, callbacks
     return run
 
 
+def _refuse_derived(path: Path) -> None:
+    """A pruned or quantized run is finished: resuming it would train its parent's recipe from scratch."""
+    from .compress.derived import read_derived
+
+    derived = read_derived(path)
+    if derived is not None:
+        raise RunDirError(f"'{path}' is a {derived.get('method')} run derived from {derived.get('parent')}; it cannot be "
+                          f"resumed: derive it again from the parent (e.g. `powertrain {derived.get('method')} PARENT ...`)")
+
+
 def evaluate(run_dir: str | Path, split: str = "test") -> dict:
-    """Recompute a split's metrics from the run's saved checkpoint."""
+    """Recompute a split's metrics from the run's saved checkpoint (or its int8 model, for a quantized run)."""
+    from .compress.derived import is_quantized_run, load_model
+
+    if is_quantized_run(rundir.open_run(run_dir)[0]):
+        trainer = load_model(run_dir)[2]
+        metrics = trainer.evaluate(split)
+        return {**metrics, **loss_names(trainer.model, trainer.task, metrics["loss"])}
     distributed.init_process_group()
     path, recipe = distributed.on_main(lambda: rundir.open_run(run_dir))
     d = distributed.setup(recipe.train.strategy)
     trainer = build_trainer(recipe, path if d.is_main else None, callbacks=[], teacher=False)
     if not trainer.resume():
-        from .errors import RunDirError
-
         raise RunDirError(f"'{path}' has no checkpoint yet; finish it with `powertrain resume {path}`")
     _final_weights(trainer, recipe)
     metrics = trainer.evaluate(split)
