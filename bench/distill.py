@@ -49,13 +49,14 @@ def teacher_run(name: str, root: Path, given: str | None) -> Path:
 
 def student(recipe: str, overrides: list[str], out: Path, reuse: bool = False) -> dict:
     """Train one student into `out` (replacing it), or with `reuse` read a finished run there."""
-    if reuse and (out / "eval.json").is_file():
+    reused = reuse and (out / "eval.json").is_file()
+    if reused:
         metrics, b = (json.loads((out / f).read_text()) for f in ("eval.json", "bill.json"))
     else:
         shutil.rmtree(out, ignore_errors=True)
         run = powertrain.train(recipe, overrides, out=out, callbacks=[])
         metrics, b = run.metrics, run.bill
-    return {"acc": metrics["test"]["accuracy"], "params": b["params"],
+    return {"acc": metrics["test"]["accuracy"], "params": b["params"], "reused": reused,
             "steps_per_s": b["steps"] / b["time_s"]["fit"], "train_flops": b["flops"]["train_total"],
             "flops_per_sample": b["flops"]["per_sample_forward"], "j_per_inference": b["j_per_inference_sample"],
             "energy_j": b["energy"]["total_j"], "teacher": b.get("teacher"), "distill": b.get("distill")}
@@ -70,7 +71,7 @@ def run_setup(key: str, root: Path, seeds: list[int], given: str | None, alpha: 
     cfg = SETUPS[key]
     load = os.getloadavg()[0]
     teacher = teacher_run(cfg["teacher"], root, given)
-    tev, tbill = (json.loads((teacher / f).read_text()) for f in ("eval.json", "bill.json"))
+    tev, tbill, tenv = (json.loads((teacher / f).read_text()) for f in ("eval.json", "bill.json", "env.json"))
     rows = {"alone": [], "distilled": []}
     for seed in seeds:
         common = [*cfg["student"], f"run.seed={seed}"]
@@ -87,7 +88,7 @@ def run_setup(key: str, root: Path, seeds: list[int], given: str | None, alpha: 
     lines = [
         f"Teacher `{cfg['teacher']}` (seed 0): {tbill['params']:,} params, test accuracy {tev['test']['accuracy']:.4f}, "
         f"{tbill['flops']['per_sample_forward'] / 1e6:.3g} MFLOP and {tbill['j_per_inference_sample']:.3g} J per "
-        f"inference sample. Student: `{cfg['teacher']}` with {' '.join(cfg['student'])} "
+        f"inference sample (its run: {tenv['torch_threads']} thread(s)). Student: `{cfg['teacher']}` with {' '.join(cfg['student'])} "
         f"({alone[0]['params']:,} params, {tbill['params'] / alone[0]['params']:.1f}x fewer; "
         f"{alone[0]['flops_per_sample'] / 1e6:.3g} MFLOP and {statistics.mean(r['j_per_inference'] for r in alone):.3g} J "
         f"per inference sample), the teacher's training schedule; distilled with alpha {alpha:g}, T {temperature:g}, "
@@ -106,8 +107,10 @@ def run_setup(key: str, root: Path, seeds: list[int], given: str | None, alpha: 
         f"({d['teacher_forward_flops']:.3g} FLOP, once: the cache); the teacher's own training "
         f"({tbill['flops']['train_total']:.3g} FLOP) is in its bill, and `powertrain compare` adds it to the students'.",
         f"Measured {time.strftime('%Y-%m-%d')} on CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-        f"load average {load:.1f} at the start (a shared machine: times and steps/s are inflated). "
-        f"Runs under {root}.",
+        + (f"{sum(r['reused'] for r in alone + kd)} of {len(alone + kd)} runs read back with --reuse, as measured "
+           f"when they ran; " if any(r["reused"] for r in alone + kd) else "")
+        + ("" if all(r["reused"] for r in alone + kd) else f"load average {load:.1f} at the start of this call ")
+        + f"(a shared machine: times, steps/s and the estimated J are inflated). Runs under {root}.",
     ]
     return "\n".join(lines)
 
