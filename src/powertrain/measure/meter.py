@@ -28,6 +28,8 @@ from .carbon import CarbonModel
 from .energy import (EnergyBackend, EnergyReading, above_idle, combine_methods, detect_backends, measure_idle_power,
                      sum_energy)
 
+_CUDA_BUILD = torch.backends.cuda.is_built()  # a CPU build never initialises CUDA: skip the 4 us check
+
 __all__ = ["Meter", "Window", "WindowTotals", "ComponentTotal"]
 
 
@@ -135,7 +137,7 @@ class Meter:
 
     # -- windows ---------------------------------------------------------------------------
     def _sync(self) -> None:
-        if self.sync_cuda or (self.sync_cuda is None and torch.cuda.is_initialized()):
+        if self.sync_cuda or (self.sync_cuda is None and _CUDA_BUILD and torch.cuda.is_initialized()):
             torch.cuda.synchronize()
 
     def begin(self, name: str) -> None:
