@@ -4,7 +4,7 @@ energy backends) and off. Bar: metering adds <= 1% to step time.
 Two measures, in one run:
 - A/B: N pairs of runs, meter off and on, the order alternating pair by pair (so a slow drift of the
   machine hits both arms alike); the overhead is the median of the N paired ratios. On a shared
-  2-core VM one pair scatters by +-2%, so this needs N >= 8 to resolve a 1% bar.
+  2-core VM one pair scatters by +-2%, so this needs N >= 20 to resolve a 1% bar.
 - direct: the wall time spent inside metering code itself (every Meter window opened and closed during
   training, with its metrics.jsonl line) over the run's wall time. This does not scatter.
 
