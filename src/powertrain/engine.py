@@ -94,7 +94,7 @@ class Trainer:
         self._last_eval_step = -1
         self._loss_sum, self._loss_n, self._t_log, self._samples_log = 0.0, 0, time.perf_counter(), 0
         self.last_checkpoint: Optional[Path] = None
-        self._metrics_file = None
+        self._metrics_file, self._metrics_flushed = None, 0.0
         self.meter = Meter() if meter is None or meter is True else (meter or None)
         if self.meter and not self.dist.reads_node_counters:
             distributed.drop_node_counters(self.meter)  # local rank 0 reads the node's counters for all
@@ -357,9 +357,18 @@ class Trainer:
         """Append a record to metrics.jsonl (if there is a run directory)."""
         if self._metrics_file is not None:
             self._metrics_file.write(json.dumps(record) + "\n")
-            self._metrics_file.flush()  # in the OS's hands: a crash of this process loses nothing
+            now = time.monotonic()
+            if now - self._metrics_flushed >= 1.0:  # `tail -f` sees lines within a second
+                self._flush_metrics(now)
         elif self.run_dir is not None:
             append_jsonl(self.run_dir / "metrics.jsonl", record)
+
+    def _flush_metrics(self, now: Optional[float] = None) -> None:
+        """Hand buffered metrics.jsonl lines to the OS. Done at least every second and before every
+        checkpoint: a killed run loses only lines after its last checkpoint, which a resume replays."""
+        if self._metrics_file is not None:
+            self._metrics_file.flush()
+            self._metrics_flushed = time.monotonic() if now is None else now
 
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -525,6 +534,7 @@ class Trainer:
         d = self.dist
         if self.run_dir is None and not (d.enabled and self._ckpt_dir is not None):
             return None
+        self._flush_metrics()
         if self.meter:
             self.meter.begin("checkpoint")
         try:
