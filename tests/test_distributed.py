@@ -298,9 +298,9 @@ def test_elastic_restart_after_sigkill_equals_uninterrupted(env, digits_job, tmp
     cmd = torchrun("--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--monitor-interval", "0.1",
                    "-m", "powertrain", "train", *DIGITS, "--out", str(out))
     with job(cmd, {**env, "PT_TEST_SLOW_S": "0.05"}) as proc:
-        t0 = time.time()
+        deadline = time.monotonic() + 120  # a hang guard: fail, do not wait forever, if no checkpoint ever comes
         while not list_checkpoints(out / "checkpoints"):  # step 8 is written: kill a worker now
-            assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()[0][-3000:]
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
             time.sleep(0.05)
         workers = [p for p in descendants(proc.pid) if "powertrain" in Path(f"/proc/{p}/cmdline").read_text()]
         assert len(workers) == 2

@@ -95,6 +95,7 @@ class Trainer:
         self._loss_sum, self._loss_n, self._t_log, self._samples_log = 0.0, 0, time.perf_counter(), 0
         self.last_checkpoint: Optional[Path] = None
         self._metrics_file, self._metrics_flushed = None, 0.0
+        self._stopped_epochs: list = []  # epoch windows stopped, not yet accounted (see _epoch_window)
         self.meter = Meter() if meter is None or meter is True else (meter or None)
         if self.meter and not self.dist.reads_node_counters:
             distributed.drop_node_counters(self.meter)  # local rank 0 reads the node's counters for all
@@ -270,28 +271,37 @@ class Trainer:
             if self.meter and "epoch" in self.meter._open:  # interrupted mid-epoch
                 self._epoch_window(begin=False)
             if self.meter:
+                self._account_epochs()
                 self.meter.end("fit", flops=self.train_flops(self._fit_start_step, self.step))
             for cb in self.callbacks:
                 cb.on_fit_end(self)
         return self
 
     def _epoch_window(self, begin: bool) -> None:
-        """Meter window around one epoch's training steps; its time, FLOPs and energy go to
-        metrics.jsonl as {"step", "epoch", "window": "epoch", ...} ("partial": started mid-epoch)."""
+        """Meter window around one epoch's training steps. Closing it only reads the clock and the
+        counters (`Meter.stop`); `_account_epochs` turns it into the Window and its metrics.jsonl line
+        at the next evaluation, checkpoint or the end of fit, off the hot loop."""
         if not self.meter:
             return
         if begin:
             self.meter.begin("epoch")
             self._epoch_start_step = self.step
-            return
-        w = self.meter.end("epoch", flops=self.train_flops(self._epoch_start_step, self.step))
-        flops, energy_j = w.flops, w.energy_j
-        if self.dist.enabled:  # the job's FLOPs and energy: every rank's share (node counters read once per node)
-            flops, energy_j = distributed.all_reduce_sum([flops or 0, energy_j], self.device)
-            flops = int(flops)
-        self.log({"step": self.step, "epoch": self.epoch, "window": "epoch", "time_s": w.time_s, "flops": flops,
-                  "energy_j": energy_j, "energy_method": w.energy_method,
-                  "partial": self._epoch_start_step % self.steps_per_epoch != 0 or self.step % self.steps_per_epoch != 0})
+        else:
+            self._stopped_epochs.append((self.meter.stop("epoch"), self._epoch_start_step, self.step))
+
+    def _account_epochs(self) -> None:
+        """Each stopped epoch window -> metrics.jsonl {"step", "epoch", "window": "epoch", time_s, flops,
+        energy_j, ...} ("partial": started or stopped mid-epoch); the Meter's totals then include them."""
+        stopped, self._stopped_epochs = self._stopped_epochs, []
+        for s, start, end in stopped:
+            w = self.meter.account(s, flops=self.train_flops(start, end))
+            flops, energy_j = w.flops, w.energy_j
+            if self.dist.enabled:  # the job's FLOPs and energy: every rank's share (node counters read once per node)
+                flops, energy_j = distributed.all_reduce_sum([flops or 0, energy_j], self.device)
+                flops = int(flops)
+            self.log({"step": end, "epoch": max(end - 1, 0) // self.steps_per_epoch + 1, "window": "epoch",
+                      "time_s": w.time_s, "flops": flops, "energy_j": energy_j, "energy_method": w.energy_method,
+                      "partial": start % self.steps_per_epoch != 0 or end % self.steps_per_epoch != 0})
 
     # ------------------------------------------------------------ FLOPs (counted once per shape)
     def batch_size_at(self, step: int) -> int:
@@ -318,7 +328,7 @@ class Trainer:
     def train_flops(self, start: int, end: int) -> int:
         """Model FLOPs of optimizer steps [start, end) on this rank: forward + backward, no optimizer update."""
         spe, full, last = self.steps_per_epoch, self.batch_size_at(0), self.batch_size_at(self.steps_per_epoch - 1)
-        n_last = sum(1 for s in range(start, end) if s % spe == spe - 1) if last != full else 0
+        n_last = end // spe - start // spe if last != full else 0  # steps s in [start, end) with s % spe == spe - 1
         full, last = self._local(full), self._local(last)  # this rank's share (a job sums the ranks')
         return (end - start - n_last) * self._step_flops.get(full, 0) + n_last * self._step_flops.get(last, 0)
 
@@ -408,6 +418,8 @@ class Trainer:
     def _evaluate_and_checkpoint(self) -> None:
         """Evaluate on val (if any), update early stopping, and save a checkpoint."""
         self._last_eval_step = self.step
+        if self.meter:
+            self._account_epochs()
         if self.data.val is not None:
             metrics = self.evaluate("val")
             self.log({"step": self.step, "epoch": self.epoch, "val": metrics})
@@ -534,6 +546,8 @@ class Trainer:
         d = self.dist
         if self.run_dir is None and not (d.enabled and self._ckpt_dir is not None):
             return None
+        if self.meter:
+            self._account_epochs()  # the checkpoint's meter totals include every epoch so far
         self._flush_metrics()
         if self.meter:
             self.meter.begin("checkpoint")

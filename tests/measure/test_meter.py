@@ -72,6 +72,20 @@ def test_nested_windows_and_flops():
     assert totals["train"].energy_j == pytest.approx(3.5 * 250.0)
 
 
+def test_stop_then_account_later_measures_up_to_the_stop():
+    """A hot loop stops a window (clock and counters only) and accounts it later: the Window covers
+    begin..stop, not the time until account, and enters the totals only when accounted."""
+    meter, clock = make_meter()
+    meter.begin("epoch")
+    clock.sleep(2.0)
+    stopped = meter.stop("epoch")
+    assert "epoch" not in meter.totals() and "epoch" not in meter._open
+    clock.sleep(5.0)  # other work before the accounting
+    w = meter.account(stopped, flops=7)
+    assert w.time_s == pytest.approx(2.0) and w.energy_j == pytest.approx(500.0) and w.flops == 7
+    assert meter.totals()["epoch"].count == 1 and meter.totals()["epoch"].energy_j == pytest.approx(500.0)
+
+
 def test_window_errors_name_the_problem():
     meter, _ = make_meter()
     meter.begin("eval")

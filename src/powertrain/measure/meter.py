@@ -114,6 +114,16 @@ class _Open:
     flops: int | None = None
 
 
+@dataclass
+class Stopped:
+    """A window closed by `Meter.stop` but not yet accounted."""
+
+    name: str
+    opened: _Open
+    t1: float
+    snapshots: list[dict[str, float]]
+
+
 class Meter:
     """Measurement windows over a set of energy backends.
 
@@ -155,16 +165,24 @@ class Meter:
 
     def end(self, name: str, flops: int | None = None) -> Window:
         """Close window `name` and return its measurements; `flops` adds to what add_flops gave."""
+        return self.account(self.stop(name), flops)
+
+    def stop(self, name: str) -> "Stopped":
+        """The first half of `end`: close window `name` by reading the clock and the counters, and
+        nothing else. For a hot loop: `account(stopped)` later (before `totals()` is read) does the rest."""
         if name not in self._open:
             open_names = ", ".join(self._open) or "none"
             raise ValueError(f"Meter.end: window '{name}' is not open (open: {open_names})")
         self._sync()
         t1 = self.clock()
-        ends = [b.snapshot() for b in self.backends]
-        w = self._open.pop(name)
-        time_s = t1 - w.t0
+        return Stopped(name, self._open.pop(name), t1, [b.snapshot() for b in self.backends])
+
+    def account(self, stopped: "Stopped", flops: int | None = None) -> Window:
+        """The second half of `end`: the stopped window's Window, added to the totals."""
+        name, w = stopped.name, stopped.opened
+        time_s = stopped.t1 - w.t0
         readings: list[EnergyReading] = []
-        for backend, s0, s1 in zip(self.backends, w.snapshots, ends):
+        for backend, s0, s1 in zip(self.backends, w.snapshots, stopped.snapshots):
             readings.extend(backend.readings(s0, s1, time_s))
         if self.idle_power_w:
             readings = above_idle(readings, self.idle_power_w, time_s)

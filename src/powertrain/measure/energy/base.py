@@ -11,6 +11,7 @@ window is two snapshots and a subtraction; wraparound and sampling live inside t
 """
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping
@@ -50,6 +51,11 @@ def combine_methods(methods: Iterable[str]) -> str:
     >>> combine_methods(["estimated:cpu-tdp-per-core", "measured:nvml"])
     'mixed: measured:nvml + estimated:cpu-tdp-per-core'
     """
+    return _combine(tuple(methods))
+
+
+@functools.lru_cache(maxsize=256)  # a window's end calls this with the same few labels every time
+def _combine(methods: tuple[str, ...]) -> str:
     parts: set[str] = set()
     for m in methods:
         parts.update(p.strip() for p in (m[len("mixed:"):].split("+") if m.startswith("mixed:") else [m]))
