@@ -68,6 +68,8 @@ def test_rounds_with_fine_tuning_keep_the_masks(mlp_run, tmp_path):
     bill = json.loads((child / "bill.json").read_text())
     assert bill["steps"] == 2 * steps_per_epoch and bill["flops"]["train_total"] > 0
     assert bill["derived"]["parent"] == str(mlp_run.resolve())
+    lines = [json.loads(line) for line in (child / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r.get("window") == "epoch"] == [1, 2]  # fine-tuning logged in the child
 
 
 def test_derived_runs_are_read_by_bill_and_compare(mlp_run, tmp_path):

@@ -19,7 +19,6 @@ its share of every global batch and only rank 0 writes (distributed.py). One pro
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ from .metrics import TaskMetrics
 from .models.check import dry_run
 from .optim import build_optimizer, build_scheduler, freeze, param_groups
 from .recipe import TrainConfig
-from .rundir import append_jsonl
+from .rundir import MetricsLog
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -94,7 +93,7 @@ class Trainer:
         self._last_eval_step = -1
         self._loss_sum, self._loss_n, self._t_log, self._samples_log = 0.0, 0, time.perf_counter(), 0
         self.last_checkpoint: Optional[Path] = None
-        self._metrics_file, self._metrics_flushed = None, 0.0
+        self._metrics = MetricsLog(None)  # fit() opens metrics.jsonl in run_dir (which prune sets after __init__)
         self._stopped_epochs: list = []  # epoch windows stopped, not yet accounted (see _epoch_window)
         self.meter = Meter() if meter is None or meter is True else (meter or None)
         if self.meter and not self.dist.reads_node_counters:
@@ -228,8 +227,8 @@ class Trainer:
         if self.meter:
             self.meter.begin("fit")
         self._in_fit = True
-        if self.run_dir is not None:  # kept open during fit: one line costs a write, not an open (~100 us)
-            self._metrics_file = open(self.run_dir / "metrics.jsonl", "a")
+        self._metrics = MetricsLog(self.run_dir / "metrics.jsonl" if self.run_dir is not None else None)
+        self._metrics.open()  # kept open during fit: a line costs a write, not an open (run_dir may have changed)
         for cb in self.callbacks:
             cb.on_fit_start(self)
         try:
@@ -265,9 +264,7 @@ class Trainer:
             raise
         finally:
             self._in_fit = False
-            if self._metrics_file is not None:
-                self._metrics_file.close()
-                self._metrics_file = None
+            self._metrics.close()
             if self.meter and "epoch" in self.meter._open:  # interrupted mid-epoch
                 self._epoch_window(begin=False)
             if self.meter:
@@ -365,20 +362,7 @@ class Trainer:
 
     def log(self, record: dict) -> None:
         """Append a record to metrics.jsonl (if there is a run directory)."""
-        if self._metrics_file is not None:
-            self._metrics_file.write(json.dumps(record) + "\n")
-            now = time.monotonic()
-            if now - self._metrics_flushed >= 1.0:  # `tail -f` sees lines within a second
-                self._flush_metrics(now)
-        elif self.run_dir is not None:
-            append_jsonl(self.run_dir / "metrics.jsonl", record)
-
-    def _flush_metrics(self, now: Optional[float] = None) -> None:
-        """Hand buffered metrics.jsonl lines to the OS. Done at least every second and before every
-        checkpoint: a killed run loses only lines after its last checkpoint, which a resume replays."""
-        if self._metrics_file is not None:
-            self._metrics_file.flush()
-            self._metrics_flushed = time.monotonic() if now is None else now
+        self._metrics.write(record)
 
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -548,7 +532,7 @@ class Trainer:
             return None
         if self.meter:
             self._account_epochs()  # the checkpoint's meter totals include every epoch so far
-        self._flush_metrics()
+        self._metrics.flush()  # a killed run keeps every line up to this checkpoint
         if self.meter:
             self.meter.begin("checkpoint")
         try:
