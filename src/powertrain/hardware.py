@@ -68,14 +68,9 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-        return platform.processor() or "cpu"
+        from .measure.peak import cpu_model_name
+
+        return cpu_model_name()
     return device.type
 
 
