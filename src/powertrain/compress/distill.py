@@ -35,7 +35,7 @@ from torch import nn
 
 from .. import data, models
 from ..engine import Trainer
-from ..errors import RecipeError, RunDirError
+from ..errors import RecipeError
 from ..measure import forward_flops
 from ..recipe import Recipe
 
