@@ -93,7 +93,7 @@ class Trainer:
         self._last_eval_step = -1
         self._loss_sum, self._loss_n, self._t_log, self._samples_log = 0.0, 0, time.perf_counter(), 0
         self.last_checkpoint: Optional[Path] = None
-        self._metrics = MetricsLog(None)  # fit() opens metrics.jsonl in run_dir (which prune sets after __init__)
+        self._metrics = self._metrics_log()
         self._stopped_epochs: list = []  # epoch windows stopped, not yet accounted (see _epoch_window)
         self.meter = Meter() if meter is None or meter is True else (meter or None)
         if self.meter and not self.dist.reads_node_counters:
@@ -227,8 +227,8 @@ class Trainer:
         if self.meter:
             self.meter.begin("fit")
         self._in_fit = True
-        self._metrics = MetricsLog(self.run_dir / "metrics.jsonl" if self.run_dir is not None else None)
-        self._metrics.open()  # kept open during fit: a line costs a write, not an open (run_dir may have changed)
+        self._metrics = self._metrics_log()  # run_dir may have changed since __init__ (prune sets it)
+        self._metrics.open()  # kept open during fit: a line costs a write, not an open
         for cb in self.callbacks:
             cb.on_fit_start(self)
         try:
@@ -264,12 +264,12 @@ class Trainer:
             raise
         finally:
             self._in_fit = False
-            self._metrics.close()
             if self.meter and "epoch" in self.meter._open:  # interrupted mid-epoch
                 self._epoch_window(begin=False)
             if self.meter:
                 self._account_epochs()
                 self.meter.end("fit", flops=self.train_flops(self._fit_start_step, self.step))
+            self._metrics.close()
             for cb in self.callbacks:
                 cb.on_fit_end(self)
         return self
@@ -363,6 +363,9 @@ class Trainer:
     def log(self, record: dict) -> None:
         """Append a record to metrics.jsonl (if there is a run directory)."""
         self._metrics.write(record)
+
+    def _metrics_log(self) -> MetricsLog:
+        return MetricsLog(self.run_dir / "metrics.jsonl" if self.run_dir is not None else None)
 
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()
