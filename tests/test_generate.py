@@ -53,6 +53,26 @@ def test_generate_is_seeded_and_appends_exactly_max_new_tokens(lm_run):
     assert generate(lm_run, prompt="x", max_new_tokens=0) == "x"
 
 
+def test_the_run_keeps_its_vocabulary_and_refuses_a_changed_corpus(lm_run, tmp_path):
+    import json
+
+    import yaml
+
+    from powertrain.errors import RunDirError
+
+    assert json.loads((lm_run / "vocab.json").read_text())["itos"] == sorted(set(TEXT))
+    run = tmp_path / "run"
+    shutil.copytree(lm_run, run)
+    changed = TEXT + "# caf\u00e9\n"  # characters the run never saw
+    (tmp_path / "corpus.py").write_text(changed)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["data"]["path"] = str(tmp_path / "corpus.py")
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(RunDirError, match=rf"vocab.json': the run's data now gives another vocabulary "
+                                          rf"\({len(set(changed))} tokens; the run was trained on {len(set(TEXT))}\)"):
+        generate(run, prompt="def ", max_new_tokens=5)
+
+
 def test_temperature_zero_is_greedy_decoding_by_hand(lm_run):
     # 4 + 40 tokens > block_size 16: the context is cropped to the last 16, as by hand
     greedy = generate(lm_run, prompt="def ", max_new_tokens=40, temperature=0, seed=1)

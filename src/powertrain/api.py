@@ -42,6 +42,8 @@ def build_trainer(recipe: Recipe, run_dir: Optional[Path], callbacks=None, teach
     `train.distill` (and `teacher`) the trainer is a `Distiller` of the teacher run (compress/distill.py)."""
     torch.manual_seed(recipe.run.seed)
     bundle = data.build(recipe.data.model_dump(), seed=recipe.run.seed)
+    if run_dir is not None and bundle.meta.extra.get("vocab") is not None:
+        rundir.keep_vocab(Path(run_dir), bundle.meta.extra["vocab"])
     model = models.build(recipe.model.model_dump(), bundle.meta)
     if recipe.model.init_from:
         from .compress import transfer

@@ -6,9 +6,9 @@ checkpoint and continues the prompt, token by token, with the run's own vocabula
 def __init__(self, name, value):
     ...
 
-The vocabulary is not stored in the run directory: it is rebuilt from the run's recipe (the same
-corpus, `max_chars` and level give the same characters in the same order), so the corpus must still
-be readable where the run was trained.
+The vocabulary is rebuilt from the run's recipe (the same corpus, `max_chars` and level give the same
+characters in the same order), so the corpus must still be readable; the run's vocab.json, written when
+it was trained, must match it, else generation refuses (the ids would decode to other characters).
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
     recipe.yaml    the resolved recipe          env.json      versions, device, threads
     metrics.jsonl  one JSON object per log step eval.json     {"test": {...}, "val": {...}}
     checkpoints/   step-NNNNNNNN/ folders, best.safetensors
+    vocab.json     the token vocabulary, for runs on text
 """
 from __future__ import annotations
 
@@ -30,6 +31,25 @@ def write_json(path: Path, obj) -> None:
 def append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def keep_vocab(path: Path, vocab) -> None:
+    """vocab.json: the token vocabulary of a run on text (a `Vocab`), written when the run is created.
+    A later stage (resume, eval, generate) rebuilds the data from the recipe; if that now gives another
+    vocabulary (the corpus changed), the ids would mean other characters: refuse, naming both sizes."""
+    f = path / "vocab.json"
+    now = vocab.to_dict()
+    if not f.is_file():
+        write_json(f, now)
+        return
+    try:
+        then = json.loads(f.read_text())
+    except json.JSONDecodeError:
+        raise RunDirError(f"'{f}' is not valid JSON; the file was damaged") from None
+    if then != now:
+        was = type(vocab)(**then).size
+        raise RunDirError(f"'{f}': the run's data now gives another vocabulary ({vocab.size} tokens; the run was trained "
+                          f"on {was}): its corpus changed since training; restore that corpus, or train a new run")
 
 
 class MetricsLog:
