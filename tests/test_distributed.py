@@ -291,6 +291,23 @@ def test_one_bill_per_job(digits_job):
     assert bill["mfu"]["devices"] == 2
 
 
+def test_distillation_job_equals_one_process(env, digits_job, tmp_path):
+    """A Distiller in a job (its teacher is needed by the FLOP count before sharding; each rank takes its
+    share of the cached teacher logits) trains as one process does."""
+    _, _, one = digits_job
+    student = [*DIGITS, "model.hidden=[32]", f"train.distill.teacher={one.dir}"]
+    run_job([sys.executable, "-m", "powertrain", "train", *student, "--nproc", "2", "--out", str(tmp_path / "kd")], env)
+    ref = reference(student[0], student[1:], tmp_path / "one")
+    assert_same_training(tmp_path / "kd", ref.dir, tol=1e-5)
+    wa, wb = final_weights(tmp_path / "kd"), final_weights(ref.dir)
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-5, rtol=0) for k in wa)
+    bill = json.loads((tmp_path / "kd" / "bill.json").read_text())
+    cache = ref.bill["distill"]["teacher_forward_flops"]  # the teacher's logits of all 1293 train samples
+    assert cache == 1293 * bill["teacher"]["flops_per_sample_forward"] > 0
+    assert bill["distill"]["teacher_forward_flops"] == 2 * cache  # each of the 2 ranks computed the whole cache
+    assert bill["flops"]["train_total"] == ref.bill["flops"]["train_total"] + cache
+
+
 # ---------------------------------------------------------------- elastic: a worker killed, the job restarted
 def test_elastic_restart_after_sigkill_equals_uninterrupted(env, digits_job, tmp_path):
     ddp, _, _ = digits_job

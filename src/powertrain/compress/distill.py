@@ -36,8 +36,9 @@ from torch import nn
 from .. import data, models
 from ..engine import Trainer
 from ..errors import RecipeError
+from ..hardware import resolve_device
 from ..measure import forward_flops
-from ..recipe import Recipe
+from ..recipe import Recipe, TrainConfig
 
 TASKS = ("multiclass", "language_model")
 
@@ -97,6 +98,10 @@ class Distiller(Trainer):
 
     def __init__(self, model: nn.Module, data, config=None, *, teacher: nn.Module, alpha: float = 0.5,
                  temperature: float = 4.0, cache: bool = True, **trainer_kwargs):
+        config = config or TrainConfig()
+        # before Trainer.__init__: in a job it counts a step's FLOPs, which runs compute_loss, before sharding
+        self.teacher = teacher.to(resolve_device(config.device)).eval().requires_grad_(False)
+        self.alpha, self.temperature = float(alpha), float(temperature)
         super().__init__(model, data, config, **trainer_kwargs)
         if self.task not in TASKS:
             raise RecipeError(f"train.distill: distillation needs a classifier or a language model (task "
@@ -104,15 +109,13 @@ class Distiller(Trainer):
         if self._model_loss is not None:
             raise RecipeError("train.distill: the student model has its own compute_loss, which distillation "
                               "would replace; distil into a model without one")
-        self.teacher = teacher.to(self.device).eval().requires_grad_(False)
-        self.alpha, self.temperature = float(alpha), float(temperature)
         probe = next(self.data.train.batches(torch.arange(min(2, len(self.data.train))), 2))[0]
         self._check_outputs(probe)
         with self._autocast():
             self.teacher_flops_per_sample = forward_flops(self.teacher, probe[:1]).total
         self.cached = bool(cache and self._augment is None and self.task == "multiclass")
         self.cache_flops = 0
-        self.cache_builds = 0  # this run's, over resumes (each process builds the cache once)
+        self.cache_builds = 0  # this run's, over resumes (each process of a job builds the whole cache once)
         self._cache_window = None
         if self.cached:
             self._build_cache()
@@ -150,7 +153,7 @@ class Distiller(Trainer):
         and FLOPs are part of the training's bill."""
         train = self.data.train
         self.cache_flops = len(train) * self.teacher_flops_per_sample
-        self.cache_builds += 1
+        self.cache_builds += self.dist.world_size  # every rank computes every sample's logits: simple, and paid for
         if self.meter:
             self.meter.begin("fit")
         try:
