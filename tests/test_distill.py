@@ -158,6 +158,18 @@ def test_distill_cli_end_to_end(runs, capsys):
     assert sum(w.numel() for w in weights.values()) == 610  # the student's weights only
 
 
+def test_distill_nproc_launches_the_same_command_under_torchrun(runs, tmp_path, monkeypatch):
+    """`distill --nproc N` validates once, then torchrun runs the command without --nproc in N processes
+    (tests/test_distributed.py runs such a job and checks it against one process)."""
+    root, teacher = runs
+    launched = []
+    monkeypatch.setattr("powertrain.distributed.launch", lambda argv, nproc: launched.append((argv, nproc)) or 0)
+    assert main(["distill", "--teacher", str(teacher), "digits-mlp", "model.hidden=[8]", "--alpha", "0.3",
+                 "--nproc", "2", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    assert launched == [(["distill", "--teacher", str(teacher), "digits-mlp", "model.hidden=[8]", "--alpha=0.3",
+                          "--out", str(tmp_path / "s"), "--no-progress"], 2)]
+
+
 def test_resumed_distillation_bills_each_cache_build(runs, tmp_path):
     _, teacher = runs
     first = powertrain.train("digits-mlp", ["model.hidden=[8]", *QUICK, f"train.distill.teacher={teacher}"],

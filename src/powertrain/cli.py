@@ -48,6 +48,14 @@ def cmd_distill(args) -> int:
     raw = load_recipe(args.recipe, [o for o in args.overrides if o not in kd]).to_dict()
     raw["train"]["distill"] = {**(raw["train"].get("distill") or {}), "teacher": args.teacher}
     kd += [f"train.distill.{k}={v}" for k, v in (("alpha", args.alpha), ("temperature", args.temperature)) if v is not None]
+    if args.nproc:  # as `train --nproc`: validated here once, then N processes run this command without --nproc
+        from .distributed import default_out, launch
+
+        r = parse_recipe(apply_overrides(raw, kd))
+        out = args.out or r.run.out or str(default_out(r.name))
+        flags = [f"--{k}={v}" for k, v in (("alpha", args.alpha), ("temperature", args.temperature)) if v is not None]
+        return launch(["distill", "--teacher", args.teacher, args.recipe, *args.overrides, *flags, "--out", out,
+                       *([] if args.progress else ["--no-progress"])], args.nproc)
     run = train(parse_recipe(apply_overrides(raw, kd)), out=args.out, callbacks=None if args.progress else [])
     _print_results(run)
     t, d = run.bill.get("teacher"), run.bill.get("distill")
@@ -191,6 +199,7 @@ def parser() -> argparse.ArgumentParser:
     ds.add_argument("--alpha", help="weight of the hard-label cross-entropy, 0..1 (default 0.5 or the recipe's)")
     ds.add_argument("--temperature", help="softmax temperature T of the soft targets (default 4.0 or the recipe's)")
     ds.add_argument("--out", help="run directory (default runs/<recipe>-<timestamp>)")
+    ds.add_argument("--nproc", type=int, help="launch N processes on this node with torchrun (DDP)")
     ds.add_argument("--no-progress", dest="progress", action="store_false", help="no progress display")
     ds.set_defaults(func=cmd_distill)
 
