@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import difflib
+from typing import Optional, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
 
 
 class PowertrainError(Exception):
@@ -36,3 +39,36 @@ def closest(word: str, choices) -> str:
     """' (did you mean 'x'?)' when a choice is close to `word`, else ''."""
     match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _fields_at(model: type[BaseModel], path: tuple) -> Optional[list[str]]:
+    """Field names of the (nested) pydantic model found at `path`, if any."""
+    for key in path:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        if get_origin(ann) is Union:  # Optional[Sub]
+            ann = next((a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return list(model.model_fields)
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """One line: `train.lr: expected a number > 0, got -1` for each problem, joined by '; '."""
+    parts = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not str(x).startswith("function-"))
+        key = ".".join(str(x) for x in ((prefix,) if prefix else ()) + loc)
+        if e["type"] == "extra_forbidden":
+            allowed = _fields_at(model, loc[:-1]) or []
+            hint = closest(loc[-1], allowed)
+            parts.append(f"{key}: unknown key{hint}; allowed keys: {', '.join(allowed)}")
+        elif e["type"] == "missing":
+            parts.append(f"{key}: required key is missing; add it to the recipe")
+        else:
+            msg = e["msg"].replace("Input should be", "expected").replace("Value error, ", "")
+            parts.append(f"{key}: {msg}, got {e['input']!r}" if loc else f"{key}: {msg}")
+    return "; ".join(parts)

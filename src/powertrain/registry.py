@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import RecipeError, closest
+from .errors import RecipeError, closest, format_validation_error
 
 
 class Options(BaseModel):
@@ -55,8 +55,6 @@ class Registry:
 
     def options(self, section: dict) -> Options:
         """Validate a recipe section (a dict with `name` plus the entry's own keys)."""
-        from .recipe import format_validation_error  # late: recipe imports this module
-
         raw = dict(section)
         entry = self.get(raw.pop("name"))
         try:
