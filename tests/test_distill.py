@@ -13,7 +13,7 @@ from torch import nn
 import powertrain
 from powertrain import TrainConfig, Trainer, data, models
 from powertrain.cli import main
-from powertrain.compress.distill import Distiller, TeacherLogits, distillation_loss
+from powertrain.distill import Distiller, TeacherLogits, distillation_loss
 from powertrain.errors import PowertrainError, RecipeError
 from powertrain.generate import generate
 from powertrain.report import compare, table
@@ -242,7 +242,7 @@ def test_recipes_doc_lists_the_distill_and_init_keys():
     assert "init_from" not in load_recipe("xor").to_dict()["model"]  # unset: recipe.yaml as before
 
 
-@pytest.mark.parametrize("name", ["powertrain.compress.distill", "powertrain.compress.transfer", "powertrain.optim"])
+@pytest.mark.parametrize("name", ["powertrain.distill", "powertrain.transfer", "powertrain.optim"])
 def test_docstring_examples(name):
     import doctest
     import importlib

@@ -12,7 +12,7 @@ from torch import nn
 
 import powertrain
 from powertrain import TrainConfig, Trainer, api, data, load_recipe, models
-from powertrain.compress.transfer import load_partial
+from powertrain.transfer import load_partial
 from powertrain.errors import PowertrainError, RecipeError
 from powertrain.report import compare, table
 

@@ -1,4 +1,7 @@
-"""Rung 1: train, resume and evaluate from recipes, writing run directories.
+"""Rung 1, and the one lifecycle every entry point uses: build (recipe -> data, model, Trainer), fit,
+finish (eval.json, bill.json, the printed bill). train, resume, distill and transfer are `train` or
+`resume` with a recipe; prune and quantize (compress/derived.py), eval, export and generate build with
+`build_trainer` and read the run's final weights from its RunDir.
 
 >>> import powertrain
 >>> run = powertrain.train("xor", out="/tmp/pt-doctest-xor", callbacks=[])  # doctest: +SKIP
@@ -7,23 +10,23 @@
 """
 from __future__ import annotations
 
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
-import yaml
 
-from . import data, distributed, models, rundir, visualize
-from .bill import carbon_model, make_bill, write_bill
-from .engine import Trainer
-from .errors import PowertrainError, RunDirError
+from . import checkpoint, data, distributed, models, visualize
+from .bill import carbon_model
+from .engine import Trainer, print_interrupted
+from .errors import RecipeError, RunDirError
+from .hardware import environment, resolve_device
 from .measure import Meter
 from .metrics import loss_names
-from .hardware import environment, resolve_device
 from .recipe import Recipe, load_recipe
+from .rundir import RunDir
+from .signals import Interrupted
 
 
 @dataclass
@@ -35,34 +38,38 @@ class Run:
     bill: dict  # as in bill.json
 
 
-def build_trainer(recipe: Recipe, run_dir: Optional[Path], callbacks=None, teacher: bool = True) -> Trainer:
+def build_trainer(recipe: Recipe, run: Optional[RunDir], callbacks=None, *, teacher: bool = True,
+                  cls: type = Trainer, writes: bool = True) -> Trainer:
     """Data, model and Trainer for a recipe, seeded so that the same recipe gives the same bits.
 
-    `model.init_from` loads the matching weights of another run (compress/transfer.py); with
-    `train.distill` (and `teacher`) the trainer is a `Distiller` of the teacher run (compress/distill.py)."""
+    `run`: the run directory (its vocabulary is checked; the Trainer writes there when `writes`);
+    `model.init_from` loads the matching weights of another run (transfer.py); with `train.distill`
+    (and `teacher`) the trainer is a `Distiller` of the teacher run (distill.py); else a `cls`."""
     torch.manual_seed(recipe.run.seed)
     bundle = data.build(recipe.data.model_dump(), seed=recipe.run.seed)
-    if run_dir is not None and bundle.meta.extra.get("vocab") is not None:
-        rundir.keep_vocab(Path(run_dir), bundle.meta.extra["vocab"])
+    main = distributed.setup(recipe.train.strategy).is_main
+    if run is not None and main and bundle.meta.extra.get("vocab") is not None:
+        run.keep_vocab(bundle.meta.extra["vocab"])
     model = models.build(recipe.model.model_dump(), bundle.meta)
     if recipe.model.init_from:
-        from .compress import transfer
+        from . import transfer
 
-        transfer.apply(model, recipe.model, run_dir, announce=distributed.setup(recipe.train.strategy).is_main)
+        transfer.apply(model, recipe.model, run.path if run is not None else None, announce=main and writes)
     meter = Meter(carbon=carbon_model(recipe.run))
     if recipe.run.idle_baseline_s:
         meter.measure_idle(recipe.run.idle_baseline_s)
-    kwargs = dict(run_dir=run_dir, callbacks=callbacks, seed=recipe.run.seed, meter=meter)
+    kwargs = dict(run_dir=run.path if run is not None and writes else None, callbacks=callbacks,
+                  seed=recipe.run.seed, meter=meter)
     kd = recipe.train.distill
     if kd is not None and teacher:
-        from .compress.distill import Distiller, load_teacher
+        from .distill import Distiller, load_teacher
 
         net, path = load_teacher(kd.teacher, recipe, bundle.meta)
         trainer = Distiller(model, bundle, recipe.train, teacher=net, alpha=kd.alpha, temperature=kd.temperature,
                             cache=kd.cache, **kwargs)
-        trainer.teacher_dir = path
+        trainer.teacher_dir = path  # its bill and eval feed this run's bill
         return trainer
-    return Trainer(model, bundle, recipe.train, **kwargs)
+    return cls(model, bundle, recipe.train, **kwargs)
 
 
 def with_parent(recipe: Recipe) -> Recipe:
@@ -83,41 +90,28 @@ def with_parent(recipe: Recipe) -> Recipe:
     return parse_recipe(raw)
 
 
-def _final_weights(trainer: Trainer, recipe: Recipe) -> None:
-    es = recipe.train.early_stop
-    if es is not None and es.restore_best:
-        trainer.restore_best()
-
-
-def _fit_and_evaluate(trainer: Trainer, recipe: Recipe, run_dir: Path) -> Run:
-    """Fit, evaluate, bill. In a job every rank runs this (the collectives need them all); only rank 0
-    prints and writes."""
+def _fit(trainer: Trainer, recipe: Recipe, run: RunDir) -> Run:
+    """Fit and finish (the Trainer writes eval.json and bill.json); pictures for reconstruction runs.
+    In a job every rank runs this (the collectives need them all); only rank 0 prints and writes."""
     main = trainer.dist.is_main
     try:
         trainer.fit()
-    except KeyboardInterrupt:
+    except Interrupted as e:
         if main:
-            print(f"\ninterrupted at step {trainer.step}; checkpoint saved in {trainer.last_checkpoint}\n"
-                  f"resume with: powertrain resume {run_dir}", file=sys.stderr, flush=True)
+            print_interrupted(e, run.path)
         raise
-    _final_weights(trainer, recipe)
-    results = {s: trainer.evaluate(s) for s in ("test", "val") if getattr(trainer.data, s) is not None}
-    for split_metrics in results.values():  # reconstruction: the loss also as "mse" (AE) or "elbo_nats" (VAE)
-        split_metrics.update(loss_names(trainer.model, trainer.task, split_metrics["loss"]))
-    figures = visualize.run_figures(trainer, run_dir) if main else []  # reconstructions.png (+ samples.png: VAE)
+    except KeyboardInterrupt:  # a second Ctrl-C, or raised by a callback: the step was abandoned
+        if main:
+            print(f"\ninterrupted inside step {trainer.step + 1}; the last checkpoint is {trainer.last_checkpoint}\n"
+                  f"resume with: powertrain resume {run.path}", file=sys.stderr, flush=True)
+        raise
+    results = trainer.results
+    figures = visualize.run_figures(trainer, run.path) if main else []  # reconstructions.png (+ samples.png: VAE)
     if figures:
         results["figures"] = [p.name for p in figures]
-    results["stop_reason"] = trainer.stop_reason
-    results["step"] = trainer.step
-    bill = make_bill(trainer, recipe.run)  # a collective in a job: energy, FLOPs and devices of every rank
-    if main and getattr(trainer, "teacher_dir", None):  # a distilled run: the teacher's figures beside the student's
-        from .compress.distill import bill_blocks
-
-        bill.update(bill_blocks(trainer, bill, trainer.teacher_dir))
-    if main:
-        rundir.write_json(run_dir / "eval.json", results)
-        write_bill(bill, run_dir)
-    return Run(run_dir, recipe, results, trainer, bill)
+        run.write("eval", results)
+    distributed.finish_job()
+    return Run(run.path, recipe, results, trainer, trainer.final_bill)
 
 
 def _environment(recipe: Recipe) -> dict:
@@ -135,63 +129,120 @@ def train(recipe: str | Path | dict | Recipe = "mnist1d-cnn", overrides: Optiona
         recipe = load_recipe(recipe, overrides)
     recipe = with_parent(recipe)
     d = distributed.setup(recipe.train.strategy)
-    if distributed.elastic_restart_count() and (out or recipe.run.out):
-        path = Path(out or recipe.run.out)
-        if distributed.on_main(lambda: (path / "recipe.yaml").is_file()):
-            return resume(path, callbacks=callbacks)
-    run_dir = distributed.on_main(lambda: rundir.create(recipe, out, _environment(recipe)))
+    out = out or recipe.run.out
+    if distributed.elastic_restart_count() and out:
+        if distributed.on_main(lambda: RunDir(out).recipe_file.is_file()):
+            return resume(out, callbacks=callbacks)
+    made: dict = {}
+
+    def create() -> str:
+        made["run"] = RunDir.create(recipe, out, _environment(recipe))  # holds the lock
+        return str(made["run"].path)
+
+    path = distributed.on_main(create)
+    run = made.get("run") or RunDir(path)
     try:
-        trainer = build_trainer(recipe, run_dir if d.is_main else None, callbacks)
-    except PowertrainError:  # bad data or model: nothing was trained, so leave no half-made run directory
-        distributed.on_main(lambda: shutil.rmtree(run_dir, ignore_errors=True))
+        trainer = build_trainer(recipe, run, callbacks)
+    except BaseException:  # bad data or model: nothing was trained, so leave no half-made run directory
+        distributed.on_main(run.remove)
         raise
-    run = _fit_and_evaluate(trainer, recipe, run_dir)
-    distributed.finish_job()
-    return run
+    return _fit(trainer, recipe, run)
+
+
+# keys a resume may change: they extend or watch training; train.lr is applied to the restored optimizer
+RESUMABLE = ("train.epochs", "train.max_steps", "train.eval_every_steps", "train.eval_every_epochs",
+             "train.checkpoint_every_steps", "train.keep_checkpoints", "train.early_stop", "train.log_every",
+             "train.lr", "run.region", "run.pue", "run.price_per_kwh", "run.idle_baseline_s")
+
+
+def _changed(old, new, prefix="") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new))
+                for k in _changed(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if old != new else []
+
+
+def check_resume_overrides(old: Recipe, new: Recipe) -> list[str]:
+    """The keys a resume's overrides change; a RecipeError names the first that a resume cannot take."""
+    changed = _changed(old.to_dict(), new.to_dict())
+    for key in changed:
+        if not any(key == k or key.startswith(k + ".") for k in RESUMABLE):
+            what = {"model": "the model", "data": "the data", "train": "how the run trains"}.get(key.split(".")[0], key)
+            raise RecipeError(f"resume: '{key}' changes {what}, which a resumed run must keep (it may change only "
+                              f"{', '.join(RESUMABLE)}); train a new run with `powertrain train` instead")
+    return changed
 
 
 def resume(run_dir: str | Path, overrides: Optional[list[str]] = None, callbacks=None) -> Run:
-    """Continue a run from its newest checkpoint; the result equals an uninterrupted run. Under torchrun,
-    with any number of processes (rank 0 reads the run directory)."""
+    """Continue a run from its newest checkpoint; the result equals an uninterrupted run. Overrides
+    may extend training (epochs, max_steps, cadences, early stopping) or change train.lr; they are
+    validated before anything is written. Under torchrun, with any number of processes."""
     distributed.init_process_group()  # join torchrun's group, if any, before the recipe picks a strategy
-    path, recipe = distributed.on_main(lambda: rundir.open_run(run_dir, overrides))
-    _refuse_derived(path)
-    if overrides:
-        distributed.on_main(lambda: (path / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False)))
+
+    def open_checked():
+        run = RunDir.open(run_dir)
+        if run.kind in ("pruned", "quantized"):
+            derived = run.read("derived")
+            raise RunDirError(f"'{run.path}' is a {run.kind} run derived from {derived.get('parent')}; it cannot be "
+                              f"resumed: derive it again from the parent (e.g. `powertrain {derived.get('method')} "
+                              f"PARENT ...`)")
+        old = run.recipe()
+        new = run.recipe(overrides)
+        return str(run.path), old, new, check_resume_overrides(old, new)
+
+    path, old, recipe, changed = distributed.on_main(open_checked)
+    run = RunDir(path)
     d = distributed.setup(recipe.train.strategy)
-    trainer = build_trainer(recipe, path if d.is_main else None, callbacks)
+    if d.is_main:
+        run.lock()
+    trainer = build_trainer(recipe, run, callbacks)
     trainer.resume()
-    distributed.on_main(lambda: rundir.truncate_metrics(path, trainer.step))
-    run = _fit_and_evaluate(trainer, recipe, path)
-    distributed.finish_job()
-    return run
+    if changed and d.is_main:
+        run.write_recipe(recipe)
+        run.append_metrics({"step": trainer.step, "resume_overrides": {k: v for k, v in _flat(recipe, changed)}})
+    if "train.lr" in changed:
+        trainer.apply_lr(recipe.train.lr, old.train.lr)
+        if d.is_main:
+            print(f"train.lr: {old.train.lr:g} -> {recipe.train.lr:g}, applied to the restored optimizer", file=sys.stderr)
+    if d.is_main:
+        run.truncate_metrics(trainer.step)
+    return _fit(trainer, recipe, run)
 
 
-def _refuse_derived(path: Path) -> None:
-    """A pruned or quantized run is finished: resuming it would train its parent's recipe from scratch."""
-    from .compress.derived import read_derived
+def _flat(recipe: Recipe, keys: list[str]):
+    raw = recipe.to_dict()
+    for key in keys:
+        v = raw
+        for part in key.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        yield key, v
 
-    derived = read_derived(path)
-    if derived is not None:
-        raise RunDirError(f"'{path}' is a {derived.get('method')} run derived from {derived.get('parent')}; it cannot be "
-                          f"resumed: derive it again from the parent (e.g. `powertrain {derived.get('method')} PARENT ...`)")
 
+def evaluate(run_dir: str | Path, split: str = "test", checkpoint: Optional[str] = None) -> dict:
+    """Recompute a split's metrics from the run's final weights (or the checkpoint named, e.g.
+    'step-00000040'). A damaged newest checkpoint is refused, naming the file and the older one."""
+    from .compress.derived import load_model
 
-def evaluate(run_dir: str | Path, split: str = "test") -> dict:
-    """Recompute a split's metrics from the run's saved checkpoint (or its int8 model, for a quantized run)."""
-    from .compress.derived import is_quantized_run, load_model
-
-    if is_quantized_run(rundir.open_run(run_dir)[0]):
-        trainer = load_model(run_dir)[2]
-        metrics = trainer.evaluate(split)
-        return {**metrics, **loss_names(trainer.model, trainer.task, metrics["loss"])}
-    distributed.init_process_group()
-    path, recipe = distributed.on_main(lambda: rundir.open_run(run_dir))
-    d = distributed.setup(recipe.train.strategy)
-    trainer = build_trainer(recipe, path if d.is_main else None, callbacks=[], teacher=False)
-    if not trainer.resume():
-        raise RunDirError(f"'{path}' has no checkpoint yet; finish it with `powertrain resume {path}`")
-    _final_weights(trainer, recipe)
+    run = RunDir.open(run_dir)
+    if run.kind == "quantized" and not checkpoint:
+        trainer = load_model(run.path)[2]
+    else:
+        trainer = load_trainer(run, checkpoint)
     metrics = trainer.evaluate(split)
     metrics.update(loss_names(trainer.model, trainer.task, metrics["loss"]))  # as in eval.json: mse, elbo_nats
     return metrics
+
+
+def load_trainer(run: RunDir, checkpoint_name: Optional[str] = None, teacher: bool = False) -> Trainer:
+    """A Trainer (writing nothing) of a run's recipe holding the run's final weights, or the named checkpoint's."""
+    distributed.init_process_group()
+    weights = distributed.on_main(lambda: str(run.final_weights(checkpoint_name)))
+    recipe = run.recipe()
+    if Path(weights).is_dir() and checkpoint.is_sharded(Path(weights)):  # FSDP: loaded by its strategy
+        trainer = build_trainer(recipe, run, callbacks=[], teacher=teacher)
+        trainer.resume(Path(weights).name)
+        return trainer
+    trainer = build_trainer(recipe, run, callbacks=[], teacher=teacher, writes=False)
+    trainer.strategy.load_best(Path(weights) if Path(weights).is_file() else Path(weights) / "model.safetensors",
+                               trainer.model, trainer.device)
+    return trainer

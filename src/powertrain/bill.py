@@ -1,14 +1,15 @@
 """The bill: what a run cost, written to `bill.json` and printed as a table at the end of every run.
 
-Everything comes from the trainer's Meter totals (which survive resume through the checkpoint),
-its FLOP counts and the device's peak. Energy keeps the method of each component; a figure that
+Everything comes from a Meter's totals (a Trainer's survive resume through the checkpoint) and a
+plain `BillRecord` (parameters, FLOP counts, steps, device), so any loop that uses a Meter gets one. Energy keeps the method of each component; a figure that
 is estimated says so, and a sum of measured and estimated parts is labelled 'mixed: ...'.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -33,8 +34,29 @@ def carbon_model(run: RunConfig) -> CarbonModel:
     return CarbonModel(intensity=intensity, pue=run.pue, price_per_kwh=run.price_per_kwh)
 
 
+@dataclass
+class BillRecord:
+    """What a bill needs besides the Meter's totals: plain figures that any training loop can give.
+
+    `train_flops` is used where the Meter has no 'fit' window with FLOPs; `device` a torch.device or
+    its name ("cpu", "cuda:0"); `job` {"world_size": N, ...} for a job of several processes."""
+
+    params: int
+    trainable_params: Optional[int] = None
+    flops_per_sample_forward: Optional[int] = None
+    flops_per_step_train: Optional[int] = None
+    train_flops: Optional[int] = None
+    steps: int = 0
+    samples_trained: int = 0
+    samples_evaluated: int = 0  # in the 'final_eval' window: J per inference sample
+    device: Any = "cpu"
+    precision: str = "fp32"
+    phase_s: dict = field(default_factory=dict)  # e.g. {"data": s, "forward_backward": s, "optimizer": s}
+    job: dict = field(default_factory=lambda: {"world_size": 1})
+
+
 def _floor(peak, device: torch.device) -> Optional[dict]:
-    """The least energy the FLOPs could take: peak FLOP/s ÷ rated power gives FLOP/J."""
+    """The least energy the FLOPs could take: peak FLOP/s / rated power gives FLOP/J."""
     if peak is None:
         return None
     if peak.rated_power_w:
@@ -47,78 +69,65 @@ def _floor(peak, device: torch.device) -> Optional[dict]:
     return None
 
 
-def _job_totals(trainer) -> tuple[dict, Optional[int], dict]:
-    """(meter totals, FLOPs of one full train step, device record) of the whole job.
-
-    One process: its own. A job (a collective): time is rank 0's wall time; FLOPs are summed over the
-    ranks, each of which counted its share of the batch; energy is summed over the ranks, where local
-    rank 0 of each node alone read the node's counters (RAPL, NVML) and every rank its process estimate."""
-    from .measure.meter import WindowTotals
-
-    d = trainer.dist
-    per_step = trainer._step_flops.get(trainer._local(trainer.batch_size_at(0)), 0)
-    if not d.enabled:
-        totals = trainer.meter.totals() if trainer.meter else {}
-        return totals, per_step or None, {"world_size": 1}
-    from . import distributed
-
-    states = distributed.gather_objects(trainer.meter.state_dict() if trainer.meter else None)
-    totals = {}
-    if states[0] is not None:
-        merged = distributed.merge_meter_states(states)
-        totals = {k: WindowTotals.from_dict(v) for k, v in merged["totals"].items()}
-    per_step = int(distributed.all_reduce_sum([per_step], trainer.device)[0])
-    devices = distributed.describe_devices(trainer.device)
-    nodes = len({(r["node"], r["node_rank"]) for r in devices})
-    return totals, per_step or None, {"world_size": d.world_size, "strategy": d.strategy, "nodes": nodes,
-                                      "devices": devices}
-
-
-def make_bill(trainer, run: RunConfig) -> dict:
-    """The bill of a trained (and finally evaluated) Trainer, as a JSON-able dict (one per job: in a
-    distributed job every rank calls it, and all get the job's bill)."""
-    from .models import count_params
-
-    totals, per_step_flops, job = _job_totals(trainer)
-    if not trainer.dist.is_main:
-        return {"rank": trainer.dist.rank, "note": "the job's bill is rank 0's"}
-    fit, ev, fin, ck = (totals.get(k) for k in ("fit", "eval", "final_eval", "checkpoint"))
-    carbon = carbon_model(run)
-    samples = trainer.samples_trained()
-    train_flops = fit.flops if fit else trainer.train_flops(0, trainer.step)
-    fit_s = fit.time_s if fit else None
-    eval_s = (ev.time_s if ev else 0.0) + (fin.time_s if fin else 0.0)
-    ckpt_s = ck.time_s if ck else 0.0
-    compute_s = fit_s - (ev.time_s if ev else 0.0) - ckpt_s if fit_s else None
-    peak = peak_for(trainer.device, PRECISION_DTYPE[trainer.precision])
-    n_devices = job["world_size"]  # one device per rank (a GPU; on CPU, the threads of each rank)
-    achieved = train_flops / compute_s if compute_s else None
-    components, energy_j, method = {}, None, None
-    for t in (fit, fin):
+def _components(*windows) -> tuple[dict, Optional[float], Optional[str]]:
+    components: dict = {}
+    for t in windows:
         for name, c in (t.energy.items() if t else ()):
             slot = components.setdefault(name, {"energy_j": 0.0, "method": c.method})
             slot["energy_j"] += c.energy_j
             if c.above_idle_j is not None:
                 slot["above_idle_j"] = slot.get("above_idle_j", 0.0) + c.above_idle_j
-    if components:
-        from .measure import combine_methods
+    if not components:
+        return components, None, None
+    from .measure import combine_methods
 
-        energy_j = sum(c["energy_j"] for c in components.values())
-        method = combine_methods(c["method"] for c in components.values())
-    floor = _floor(peak, trainer.device)
-    fin_samples = trainer.eval_samples["final_eval"]
-    bill = {
-        "params": count_params(trainer.model),
-        "trainable_params": count_params(trainer.model, trainable_only=True),
-        "flops": {"per_sample_forward": trainer.forward_flops_per_sample,
-                  "per_step_train": per_step_flops,
+    return (components, sum(c["energy_j"] for c in components.values()),
+            combine_methods(c["method"] for c in components.values()))
+
+
+def make_bill(meter: "Meter | dict", record: BillRecord, described: "Meter | None" = None) -> dict:
+    """The bill, as a JSON-able dict, from a Meter (or its `totals()`) and a `BillRecord`. Windows it
+    reads: 'fit' (training, incl. in-fit 'eval' and 'checkpoint'), 'final_eval' (J per inference sample).
+
+    >>> from powertrain.measure import Meter
+    >>> m = Meter()
+    >>> with m.window("fit"):
+    ...     m.add_flops(10**9)
+    >>> make_bill(m, BillRecord(params=100, steps=1, samples_trained=32))["flops"]["train_total"]
+    1000000000
+    """
+    from .measure import Meter
+
+    totals = meter.totals() if isinstance(meter, Meter) else dict(meter)
+    described = described if described is not None else (meter if isinstance(meter, Meter) else None)
+    device = record.device if isinstance(record.device, torch.device) else torch.device(record.device)
+    fit, ev, fin, ck = (totals.get(k) for k in ("fit", "eval", "final_eval", "checkpoint"))
+    carbon = described.carbon if described is not None else CarbonModel()
+    samples = record.samples_trained
+    train_flops = fit.flops if fit and fit.flops is not None else record.train_flops
+    fit_s = fit.time_s if fit else None
+    eval_s = (ev.time_s if ev else 0.0) + (fin.time_s if fin else 0.0)
+    ckpt_s = ck.time_s if ck else 0.0
+    compute_s = fit_s - (ev.time_s if ev else 0.0) - ckpt_s if fit_s else None
+    peak = peak_for(device, PRECISION_DTYPE[record.precision])
+    n_devices = record.job.get("world_size", 1)  # one device per rank (a GPU; on CPU, the threads of each rank)
+    achieved = train_flops / compute_s if compute_s and train_flops else None
+    components, energy_j, method = _components(fit, fin)
+    floor = _floor(peak, device)
+    fin_samples = record.samples_evaluated
+    phases = {"data": 0.0, "forward_backward": 0.0, "optimizer": 0.0, **record.phase_s}
+    return {
+        "params": record.params,
+        "trainable_params": record.trainable_params if record.trainable_params is not None else record.params,
+        "flops": {"per_sample_forward": record.flops_per_sample_forward,
+                  "per_step_train": record.flops_per_step_train,
                   "train_total": train_flops,
                   "counter": "torch.utils.flop_counter with powertrain's SDPA and RNN formulas; "
                              "forward + backward, optimizer update not counted"},
-        "steps": trainer.step, "samples_trained": samples,
+        "steps": record.steps, "samples_trained": samples,
         "time_s": {"total": (fit_s or 0.0) + (fin.time_s if fin else 0.0), "fit": fit_s,
-                   **{k: v for k, v in trainer.phase_s.items()}, "eval": eval_s, "checkpoint": ckpt_s,
-                   "phases_note": ("perf_counter around each phase" if trainer.device.type == "cpu" else
+                   **phases, "eval": eval_s, "checkpoint": ckpt_s,
+                   "phases_note": ("perf_counter around each phase" if device.type == "cpu" else
                                    "perf_counter around each phase; CUDA runs asynchronously, so phase times "
                                    "are launch times and only fit/eval/checkpoint (synchronised) are exact")},
         "throughput": {"samples_per_s": samples / compute_s if compute_s else None,
@@ -126,11 +135,12 @@ def make_bill(trainer, run: RunConfig) -> dict:
         "mfu": {"value": mfu(achieved / n_devices, peak) if achieved else None,
                 "peak": peak.to_dict() if peak else None, "devices": n_devices,
                 "note": ("no peak known for this device and dtype: MFU not computed" if not peak else
+                         "no training in this run: MFU not computed" if not achieved else
                          f"achieved FLOP/s / ({n_devices} x peak)" if n_devices > 1 else None)},
-        "peak_memory": peak_memory(trainer.device).to_dict(),
+        "peak_memory": peak_memory(device).to_dict(),
         "energy": {"total_j": energy_j, "method": method, "components": components,
                    "windows": {k: v.to_dict() for k, v in totals.items()},
-                   **(trainer.meter.describe() if trainer.meter else {"notes": ["metering was off"]}),
+                   **(described.describe() if described is not None else {"notes": ["metering was off"]}),
                    "carbon": carbon.to_dict()},
         "j_per_train_sample": fit.energy_j / samples if fit and samples and fit.energy else None,
         "j_per_inference_sample": fin.energy_j / fin_samples if fin and fin_samples and fin.energy else None,
@@ -140,10 +150,9 @@ def make_bill(trainer, run: RunConfig) -> dict:
         "floor": ({**floor, "energy_j": train_flops / floor["flops_per_j"],
                    "efficiency": (train_flops / floor["flops_per_j"]) / fit.energy_j if fit and fit.energy_j else None}
                   if floor and train_flops else None),
-        "device": {"type": trainer.device.type, "name": peak.device if peak else str(trainer.device),
-                   "precision": trainer.precision, **job},
+        "device": {"type": device.type, "name": peak.device if peak else str(device),
+                   "precision": record.precision, **record.job},
     }
-    return bill
 
 
 def recarbon(bill: dict, run: RunConfig) -> dict:
@@ -158,22 +167,16 @@ def recarbon(bill: dict, run: RunConfig) -> dict:
     return bill
 
 
-def write_bill(bill: dict, run_dir: Path) -> None:
-    from .rundir import write_json
+def write_bill(bill: dict, run_dir) -> None:
+    from .rundir import RunDir
 
-    write_json(run_dir / "bill.json", bill)
+    RunDir(run_dir).write("bill", bill)
 
 
-def read_bill(run_dir: Path) -> dict:
-    from .errors import RunDirError
+def read_bill(run_dir) -> dict:
+    from .rundir import RunDir
 
-    path = Path(run_dir) / "bill.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunDirError(f"'{run_dir}' has no bill.json: the run did not finish; `powertrain resume {run_dir}`") from None
-    except json.JSONDecodeError:
-        raise RunDirError(f"'{path}' is not valid JSON; the file was damaged") from None
+    return RunDir(run_dir).read("bill")
 
 
 def _si(x: Optional[float], unit: str = "") -> str:

@@ -1,71 +1,41 @@
-"""Atomic checkpoints: `checkpoints/step-00001234/{model.safetensors,state.pt}`.
+"""Checkpoint files: `step-00001234/{model.safetensors,state.pt}` (where they go is RunDir's business).
 
 FSDP writes sharded checkpoints instead, through `torch.distributed.checkpoint` (DCP):
 `step-00001234/{.metadata, __<rank>_0.distcp ..., state.pt}`, model and optimizer in the shards,
-loadable by any world size (DCP reshards), by a single process too.
+loadable by any world size (DCP reshards).
 
-A checkpoint is written into a hidden temp folder, each file fsynced, then renamed into place in one
-step, so a kill at any moment leaves the previous checkpoint whole. Weights are safetensors (shared
-tensors, e.g. tied embeddings, handled); optimizer, scheduler, RNG and step state are a torch file
-loaded with `weights_only=True`, so a checkpoint can never run code.
+A checkpoint is written into a hidden temp folder, each file fsynced, then renamed into place
+(atomic.atomic_folder), so a kill at any moment leaves the previous checkpoint whole; a checkpoint of a
+step that exists already is rewritten. Weights are safetensors (shared tensors, e.g. tied embeddings,
+handled); optimizer, scheduler, RNG and step state are a torch file loaded with `weights_only=True`, so
+a checkpoint can never run code. Nothing here falls back to an older checkpoint: a damaged one is an
+error naming the file.
 """
 from __future__ import annotations
 
+import json
 import os
-import shutil
-import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_model, save_model
 
+from .atomic import atomic_folder, atomic_write, fsync_path
 from .errors import RunDirError
 
-PREFIX = "step-"
 
+def save(folder: Path, model: torch.nn.Module, state: dict) -> Path:
+    """Write model.safetensors and state.pt into `folder` atomically; returns it."""
+    def write(tmp: Path) -> None:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return atomic_folder(folder, write)
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Write weights to `path` atomically (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_model(model, str(tmp))
-    _fsync(tmp)
-    os.replace(tmp, path)
-    _fsync(path.parent)
-
-
-def save(ckpt_dir: Path, step: int, model: torch.nn.Module, state: dict, keep: int = 2) -> Path:
-    """Save step `step`; keep the newest `keep` checkpoints. Returns the checkpoint folder."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / f"{PREFIX}{step:08d}"
-    if not final.exists():  # the same step saved twice holds the same state
-        for stale in ckpt_dir.glob(".tmp-*"):  # left by a write that was killed; never loaded
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = ckpt_dir / f".tmp-{step:08d}-{os.getpid()}"
-        tmp.mkdir()
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save({**state, "step": step}, tmp / "state.pt")
-        for f in (tmp / "model.safetensors", tmp / "state.pt", tmp):
-            _fsync(f)
-        os.rename(tmp, final)
-        _fsync(ckpt_dir)
-    for old in list_checkpoints(ckpt_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def list_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temp folders of an interrupted write are ignored)."""
-    if not ckpt_dir.is_dir():
-        return []
-    return sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+    """Weights alone (best.safetensors), atomically."""
+    atomic_write(path, lambda tmp: save_model(model, str(tmp)))
 
 
 def is_sharded(path: Path) -> bool:
@@ -73,43 +43,59 @@ def is_sharded(path: Path) -> bool:
     return (Path(path) / ".metadata").is_file()
 
 
-def load(path: Path, model: torch.nn.Module, device, optimizer=None, map_location=None) -> dict:
-    """Load weights into `model` and return the state dict; RunDirError names a corrupt file.
-    A sharded checkpoint loads the optimizer too (pass it), and gives state["optimizer"] None."""
-    if is_sharded(path):
-        if optimizer is None:
-            raise RunDirError(f"checkpoint '{path}' is sharded (FSDP): loading it needs the optimizer")
-        return load_sharded(path, model, optimizer, True)
+def load_weights(model: torch.nn.Module, path: Path, device) -> None:
+    """Weights from a checkpoint folder or a .safetensors file into `model`; a one-line error names a
+    damaged file or a model that does not match."""
+    path = Path(path)
+    file = path if path.is_file() else path / "model.safetensors"
+    if path.is_dir() and is_sharded(path):
+        raise RunDirError(f"checkpoint '{path}' is sharded (FSDP): load it through its run (powertrain eval)")
     try:
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False, device=str(device))
+        missing, unexpected = load_model(model, str(file), strict=False, device=str(device))
     except Exception as e:  # safetensors raises several types for a truncated or foreign file
-        raise RunDirError(f"checkpoint '{path / 'model.safetensors'}' is unreadable ({e}); "
-                          f"delete that folder to resume from the previous checkpoint") from None
+        raise RunDirError(f"checkpoint file '{file}' is damaged ({type(e).__name__}); it cannot be loaded") from None
     if missing or unexpected:
-        raise RunDirError(f"checkpoint '{path}' does not match the model: missing {sorted(missing)[:3]}, "
+        raise RunDirError(f"checkpoint '{file}' does not match the model: missing {sorted(missing)[:3]}, "
                           f"unexpected {sorted(unexpected)[:3]}; was the recipe's model changed?")
-    return _load_state(path, map_location if map_location is not None else device)
 
 
-def _load_state(path: Path, map_location) -> dict:
+def load_state(path: Path, map_location="cpu") -> dict:
     try:
-        return torch.load(path / "state.pt", map_location=map_location, weights_only=True)
+        return torch.load(Path(path) / "state.pt", map_location=map_location, weights_only=True)
     except Exception as e:
-        raise RunDirError(f"checkpoint '{path / 'state.pt'}' is unreadable ({type(e).__name__}); "
-                          f"delete that folder to resume from the previous checkpoint") from None
+        raise RunDirError(f"checkpoint file '{Path(path) / 'state.pt'}' is damaged or missing ({type(e).__name__}); "
+                          f"it cannot be loaded") from None
 
 
-def load_latest(ckpt_dir: Path, model: torch.nn.Module, device, optimizer=None, map_location=None) -> dict | None:
-    """Load the newest loadable checkpoint, falling back to older ones with a warning; None if none."""
-    found = list_checkpoints(ckpt_dir)
-    for i, path in enumerate(reversed(found)):
+def load(path: Path, model: torch.nn.Module, device, map_location=None) -> dict:
+    """Load a (non-sharded) checkpoint's weights into `model`; return its state."""
+    load_weights(model, path, device)
+    return load_state(path, map_location if map_location is not None else device)
+
+
+def validate(path: Path) -> None:
+    """A checkpoint folder is whole: its files exist and parse (the safetensors header, and every byte it
+    promises; state.pt with weights_only). Sharded: .metadata and state.pt. A one-line error otherwise."""
+    path = Path(path)
+    if not is_sharded(path):
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise RunDirError(f"checkpoint '{path}' is incomplete: 'model.safetensors' is missing")
+        _check_safetensors(weights)
+    load_state(path)
+
+
+def _check_safetensors(path: Path) -> None:
+    with open(path, "rb") as f:
         try:
-            return load(path, model, device, optimizer, map_location)
-        except RunDirError as e:
-            if i == len(found) - 1:
-                raise
-            warnings.warn(f"{e}; trying the previous checkpoint", stacklevel=2)
-    return None
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, MemoryError, OverflowError):
+            raise RunDirError(f"checkpoint file '{path}' is damaged (bad header); it cannot be loaded") from None
+    if path.stat().st_size < 8 + n + end:
+        raise RunDirError(f"checkpoint file '{path}' is damaged (truncated: {path.stat().st_size} of "
+                          f"{8 + n + end} bytes); it cannot be loaded")
 
 
 # ---------------------------------------------------------------- sharded (FSDP) checkpoints
@@ -120,8 +106,7 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save_sharded(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer, state: dict, keep: int,
-                 is_main: bool) -> Path:
+def save_sharded(folder: Path, model: torch.nn.Module, optimizer, state: dict, is_main: bool) -> Path:
     """Every rank writes its shards of the model and optimizer (DCP) into one temp folder, rank 0 adds
     state.pt and renames it into place: as atomic as `save`. A collective: every rank calls it."""
     import torch.distributed.checkpoint as dcp
@@ -129,27 +114,25 @@ def save_sharded(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer, s
 
     from .distributed import broadcast_object
 
-    final = ckpt_dir / f"{PREFIX}{step:08d}"
-    tmp = ckpt_dir / f".tmp-{step:08d}-sharded"
-    if not broadcast_object(final.exists() if is_main else None):
-        if is_main:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            for stale in ckpt_dir.glob(".tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp.mkdir()
-        _barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))  # fsyncs its files
-        if is_main:
-            torch.save({**state, "step": step}, tmp / "state.pt")
-            for f in (tmp / "state.pt", tmp):
-                _fsync(f)
-            os.rename(tmp, final)
-            _fsync(ckpt_dir)
-            for old in list_checkpoints(ckpt_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
-        _barrier()
-    return final
+    tmp = Path(broadcast_object(str(folder.with_name(f".tmp-{folder.name}-{os.getpid()}")) if is_main else None))
+    if is_main:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))  # fsyncs its files
+    if is_main:
+        def finish(staged: Path) -> None:  # atomic_folder's temp folder: move the shards in, add state.pt
+            for f in tmp.iterdir():
+                os.rename(f, staged / f.name)
+            torch.save(state, staged / "state.pt")
+
+        atomic_folder(folder, finish)
+        tmp.rmdir()
+    _barrier()
+    return folder
 
 
 def load_sharded(path: Path, model: torch.nn.Module, optimizer, is_main: bool) -> dict:
@@ -165,10 +148,10 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizer, is_main: bool) -
     try:
         dcp.load(target, checkpoint_id=str(path))
     except Exception as e:  # DCP wraps a rank's failure in CheckpointException
-        raise RunDirError(f"sharded checkpoint '{path}' is unreadable ({type(e).__name__}: {str(e)[:200]}); "
-                          f"delete that folder to resume from the previous checkpoint") from None
+        raise RunDirError(f"sharded checkpoint '{path}' is damaged ({type(e).__name__}: {str(e)[:200]}); "
+                          f"it cannot be loaded") from None
     set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
-    state = on_main(lambda: _load_state(path, "cpu"))
+    state = on_main(lambda: load_state(path, "cpu"))
     return {**state, "optimizer": None}
 
 
@@ -178,11 +161,8 @@ def save_full_weights(model: torch.nn.Module, path: Path, is_main: bool) -> None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if is_main:
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        save_file({k: v.contiguous().clone() for k, v in full.items()}, str(tmp))  # clones: tied weights too
-        _fsync(tmp)
-        os.replace(tmp, path)
+    if is_main:  # clones: tied weights too
+        atomic_write(path, lambda tmp: save_file({k: v.contiguous().clone() for k, v in full.items()}, str(tmp)))
 
 
 def load_full_weights(model: torch.nn.Module, path: Path, is_main: bool) -> None:
@@ -192,3 +172,7 @@ def load_full_weights(model: torch.nn.Module, path: Path, is_main: bool) -> None
 
     full = load_file(str(path)) if is_main else {}
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+__all__ = ["save", "save_weights", "load", "load_weights", "load_state", "validate", "is_sharded", "fsync_path",
+           "save_sharded", "load_sharded", "save_full_weights", "load_full_weights"]

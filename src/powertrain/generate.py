@@ -27,8 +27,8 @@ def generate(run_dir: str | Path, prompt: str = "\n", max_new_tokens: int = 500,
 
     `temperature` divides the logits (0: always the most likely token); `top_k` keeps only the k
     most likely tokens (None: all); `seed` makes the draws repeatable."""
-    from .api import build_trainer
-    from .rundir import open_run
+    from .api import load_trainer
+    from .rundir import RunDir
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise RecipeError(f"max_new_tokens (--max-new-tokens): expected a whole number >= 0, got {max_new_tokens!r}")
@@ -38,17 +38,14 @@ def generate(run_dir: str | Path, prompt: str = "\n", max_new_tokens: int = 500,
         raise RecipeError(f"top_k (--top-k): expected a whole number >= 1, or none for no limit, got {top_k!r}")
     if not prompt:
         raise RecipeError("prompt (--prompt): empty; give at least one character, e.g. --prompt 'def '")
-    path, recipe = open_run(run_dir)
-    trainer = build_trainer(recipe, path, callbacks=[], teacher=False)  # a distilled GPT: no teacher needed
+    run = RunDir.open(run_dir)
+    recipe = run.recipe()
+    if recipe.model.name != "gpt":
+        raise RunDirError(f"'{run.path}' trained model '{recipe.model.name}' on data '{recipe.data.name}'; generating "
+                          f"text needs a language model (model gpt) on a text dataset, such as the gpt-stdlib recipe")
+    trainer = load_trainer(run)  # its final weights; a distilled GPT: no teacher needed
     model, vocab = trainer.model, trainer.data.meta.extra.get("vocab")
-    if not hasattr(model, "generate") or vocab is None:
-        raise RunDirError(f"'{path}' trained model '{recipe.model.name}' on data '{recipe.data.name}'; generating text "
-                          f"needs a language model (model gpt) on a text dataset, such as the gpt-stdlib recipe")
-    if not trainer.resume():
-        raise RunDirError(f"'{path}' has no checkpoint yet; finish it with `powertrain resume {path}`")
-    es = recipe.train.early_stop
-    if es is not None and es.restore_best:
-        trainer.restore_best()
+    model.eval()
     idx = vocab.encode(prompt).to(trainer.device)  # a character outside the corpus is a DataError naming it
     g = torch.Generator(device=trainer.device).manual_seed(seed)
     out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=g)

@@ -54,14 +54,14 @@ def freeze(model: torch.nn.Module, patterns: list[str]) -> list[str]:
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     """The trainable parameters as optimizer groups: one at `cfg.lr`, or, with `cfg.backbone_lr_mult`,
     the rest (e.g. a new head) first at `cfg.lr` and the backbone at `cfg.lr x backbone_lr_mult`. The
-    backbone is `model.pretrained_names`: the parameters `compress.transfer.load_partial` loaded."""
+    backbone is `model.pretrained_names`: the parameters `transfer.load_partial` loaded."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if cfg.backbone_lr_mult is None:
         return [{"params": [p for _, p in trainable]}]
     loaded = getattr(model, "pretrained_names", None)
     if not loaded:  # a recipe without model.init_from is refused when parsed; this is e.g. a pruned child's fine-tuning
         warnings.warn("train.backbone_lr_mult is ignored: no parameter of this model was loaded from a pretrained "
-                      "run (model.init_from, or powertrain.compress.transfer.load_partial)", stacklevel=2)
+                      "run (model.init_from, or powertrain.transfer.load_partial)", stacklevel=2)
         return [{"params": [p for _, p in trainable]}]
     head = [p for n, p in trainable if n not in loaded]
     backbone = [p for n, p in trainable if n in loaded]

@@ -1,55 +1,65 @@
-"""The run directory, the contract between stages:
+"""The run directory, the contract between stages. `RunDir` alone knows its layout:
 
-    recipe.yaml    the resolved recipe          env.json      versions, device, threads
-    metrics.jsonl  one JSON object per log step eval.json     {"test": {...}, "val": {...}}
-    checkpoints/   step-NNNNNNNN/ folders, best.safetensors
+    recipe.yaml    the resolved recipe                 env.json      versions, device, threads
+    metrics.jsonl  one JSON object per log step, evaluation and epoch window
+    eval.json      {"test": {...}, "val": {...}, "stop_reason", "step"}: written when training ended
+    bill.json      the bill (FLOPs, time, MFU, memory, energy, CO2e): written with eval.json
+    checkpoints/   step-NNNNNNNN/{model.safetensors,state.pt}, best.safetensors, quantized.safetensors
     vocab.json     the token vocabulary, for runs on text
+    derived.json   {"parent", "method", "settings", "report"} of a pruned or quantized run
+    init_from.json what `model.init_from` loaded (transfer learning)
+    .lock          held (flock) by the one process that writes the run; holds its PID
+
+Every file is written atomically by `atomic_write` (temp file, fsync of the file, rename, fsync of the
+folder). Other modules ask a RunDir for paths; none spells one.
+
+>>> import tempfile; from powertrain.rundir import RunDir
+>>> run = RunDir(tempfile.mkdtemp()); run.checkpoint(40).name
+'step-00000040'
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import time
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
+from .atomic import atomic_write, write_json
+from .checkpoint import validate as validate_checkpoint
 from .errors import RecipeError, RunDirError
-from .recipe import Recipe, apply_overrides, parse_recipe
+
+CHECKPOINT_PREFIX = "step-"
 
 
-def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def keep_vocab(path: Path, vocab) -> None:
-    """vocab.json: the token vocabulary of a run on text (a `Vocab`), written when the run is created.
-    A later stage (resume, eval, generate) rebuilds the data from the recipe; if that now gives another
-    vocabulary (the corpus changed), the ids would mean other characters: refuse, naming both sizes."""
-    f = path / "vocab.json"
-    now = vocab.to_dict()
-    if not f.is_file():
-        write_json(f, now)
-        return
+def read_json(path: Path, required: bool = True):
+    """A JSON file, or None when it is missing and not `required`; a damaged file is a one-line error."""
     try:
-        then = json.loads(f.read_text())
-    except json.JSONDecodeError:
-        raise RunDirError(f"'{f}' is not valid JSON; the file was damaged") from None
-    if then != now:
-        was = type(vocab)(**then).size
-        raise RunDirError(f"'{f}': the run's data now gives another vocabulary ({vocab.size} tokens; the run was trained "
-                          f"on {was}): its corpus changed since training; restore that corpus, or train a new run")
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        if required:
+            raise RunDirError(f"'{path}' is missing; the run did not finish: `powertrain resume {Path(path).parent}`") from None
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunDirError(f"'{path}' is not valid JSON; the file was damaged") from None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:  # only the last line may be cut short by a crash
+                raise RunDirError(f"'{path}' line {i + 1} is not JSON; the file was edited or damaged") from None
+    return records
 
 
 class MetricsLog:
@@ -68,7 +78,8 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if self._file is None:
             if self.path is not None:
-                append_jsonl(self.path, record)
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
             return
         self._file.write(json.dumps(record) + "\n")
         if time.monotonic() - self._flushed >= 1.0:  # `tail -f` sees lines within a second
@@ -77,6 +88,7 @@ class MetricsLog:
     def flush(self) -> None:
         if self._file is not None:
             self._file.flush()
+            os.fsync(self._file.fileno())
             self._flushed = time.monotonic()
 
     def close(self) -> None:
@@ -85,59 +97,252 @@ class MetricsLog:
             self._file = None
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
+# ---------------------------------------------------------------- the run directory
+class RunDir:
+    """One run directory: its paths, files, lock, kind and final weights."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock_fd: Optional[int] = None
+
+    def __repr__(self) -> str:
+        return f"RunDir('{self.path}')"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # -- layout ------------------------------------------------------------------------------
+    recipe_file = property(lambda self: self.path / "recipe.yaml")
+    env_file = property(lambda self: self.path / "env.json")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    eval_file = property(lambda self: self.path / "eval.json")
+    bill_file = property(lambda self: self.path / "bill.json")
+    vocab_file = property(lambda self: self.path / "vocab.json")
+    derived_file = property(lambda self: self.path / "derived.json")
+    init_report_file = property(lambda self: self.path / "init_from.json")  # what model.init_from loaded
+    lock_file = property(lambda self: self.path / ".lock")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    best_weights = property(lambda self: self.path / "checkpoints" / "best.safetensors")
+    quantized_weights = property(lambda self: self.path / "checkpoints" / "quantized.safetensors")
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"{CHECKPOINT_PREFIX}{step:08d}"
+
+    def list_checkpoints(self) -> list[Path]:
+        """Checkpoint folders, oldest first (temp folders of an interrupted write are not listed)."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(p for p in self.checkpoints.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+
+    def prune_checkpoints(self, keep: int) -> None:
+        """Keep the newest `keep` checkpoints; remove temp folders left by killed writes."""
+        for old in self.list_checkpoints()[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.checkpoints.glob(".tmp-*"):
+            if not stale.name.endswith(f"-{os.getpid()}"):
+                shutil.rmtree(stale, ignore_errors=True)
+        for stale in self.checkpoints.glob(".old-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    # -- making and opening --------------------------------------------------------------------
+    @staticmethod
+    def default_path(name: str, root: str | Path = "runs") -> Path:
+        """runs/<name>-<timestamp>, made (empty) here so that two runs started in the same second
+        get two folders: the second gets a -2 suffix."""
+        base = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for i in range(1, 1000):
+            path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+        raise RunDirError(f"'{base}': 999 runs of this name started this second; pass --out")
+
+    @classmethod
+    def create(cls, recipe, out: str | Path | None, env: dict, derived: Optional[dict] = None) -> "RunDir":
+        """A fresh run directory with recipe.yaml, env.json (and derived.json), locked by this process.
+        On any failure nothing of it is left behind."""
+        path = Path(out) if out else cls.default_path(recipe.name)
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"--out '{path}' is a file; pass a folder (new or empty)")
+        made = not path.exists() or not any(path.iterdir())
+        if not made:
+            if (path / "recipe.yaml").exists():
+                raise RunDirError(f"run directory '{path}' already holds a run; continue it with "
+                                  f"`powertrain resume {path}` or pass another --out")
+            raise RunDirError(f"--out '{path}' is a non-empty folder that is not a run; pass a new or empty folder")
+        run = cls(path)
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:  # only the last line may be cut short by a crash
-                raise RunDirError(f"'{path}' line {i + 1} is not JSON; the file was edited or damaged") from None
-    return records
+            path.mkdir(parents=True, exist_ok=True)
+            run.lock()
+            run.checkpoints.mkdir(exist_ok=True)
+            run.write_recipe(recipe)
+            write_json(run.env_file, env)
+            if derived is not None:
+                write_json(run.derived_file, derived)
+        except BaseException:
+            run.remove()
+            raise
+        return run
+
+    def remove(self) -> None:
+        """Delete a run directory that this process made and that holds nothing worth keeping."""
+        self.unlock()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        """A readable powertrain run directory, or a one-line RunDirError."""
+        path = Path(path)
+        if not path.is_dir():
+            raise RunDirError(f"run directory '{path}' does not exist; pass the folder that `powertrain train` printed")
+        run = cls(path)
+        if not run.recipe_file.is_file() or not run.env_file.is_file():
+            raise RunDirError(f"'{path}' is not a powertrain run directory (it lacks recipe.yaml or env.json); "
+                              f"pass the folder that `powertrain train` printed")
+        env = read_json(run.env_file)
+        if not isinstance(env, dict) or "powertrain" not in env:
+            raise RunDirError(f"'{path}' was not written by powertrain (env.json has no 'powertrain' version)")
+        return run
+
+    def raw_recipe(self) -> dict:
+        try:
+            raw = yaml.safe_load(self.recipe_file.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise RunDirError(f"'{self.recipe_file}' is corrupt ({type(e).__name__}); the file was damaged") from None
+        if not isinstance(raw, dict):
+            raise RunDirError(f"'{self.recipe_file}' is not a recipe (a YAML mapping); the file was damaged")
+        return raw
+
+    def recipe(self, overrides: Optional[list[str]] = None):
+        """The run's recipe, with `overrides` applied (nothing is written)."""
+        from .recipe import apply_overrides, parse_recipe
+
+        try:
+            return parse_recipe(apply_overrides(self.raw_recipe(), list(overrides or [])))
+        except RecipeError as e:
+            if overrides:
+                raise
+            raise RunDirError(f"'{self.recipe_file}' is invalid: {e}") from None
+
+    def write_recipe(self, recipe) -> None:
+        atomic_write(self.recipe_file, lambda tmp: tmp.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False)))
+
+    # -- the writer's lock -----------------------------------------------------------------------
+    def lock(self) -> "RunDir":
+        """Hold the run's lock (released when this process ends, even by SIGKILL); a second writer
+        gets one line naming the holder's PID."""
+        if self._lock_fd is not None:
+            return self
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another"
+            os.close(fd)
+            raise RunDirError(f"run directory '{self.path}' is in use by process {holder} (a train or resume of this "
+                              f"run); wait for it to end, or stop it, then try again") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+        return self
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    # -- files ---------------------------------------------------------------------------------
+    def write(self, name: str, obj) -> None:
+        """Write one of the run's JSON files ("eval", "bill", "derived", "vocab") atomically."""
+        write_json(getattr(self, f"{name}_file"), obj)
+
+    def read(self, name: str, required: bool = True):
+        return read_json(getattr(self, f"{name}_file"), required)
+
+    def metrics_log(self) -> MetricsLog:
+        return MetricsLog(self.metrics_file)
+
+    def metrics(self) -> list[dict]:
+        return read_jsonl(self.metrics_file)
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop metrics.jsonl records written after `step` (a resume replays them)."""
+        records = [r for r in self.metrics() if r["step"] <= step]
+        atomic_write(self.metrics_file, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
+
+    def append_metrics(self, record: dict) -> None:
+        MetricsLog(self.metrics_file).write(record)
+
+    def keep_vocab(self, vocab) -> None:
+        """vocab.json: written when a run on text is created. A later stage rebuilds the data from the
+        recipe; if that now gives another vocabulary (the corpus changed), the ids would mean other
+        characters: refuse, naming both sizes."""
+        now = vocab.to_dict()
+        then = self.read("vocab", required=False)
+        if then is None:
+            self.write("vocab", now)
+        elif then != now:
+            was = type(vocab)(**then).size
+            raise RunDirError(f"'{self.vocab_file}': the run's data now gives another vocabulary ({vocab.size} tokens; "
+                              f"the run was trained on {was}): its corpus changed since training; restore that corpus, "
+                              f"or train a new run")
+
+    # -- what kind of run, and which weights are final ----------------------------------------------
+    @property
+    def kind(self) -> str:
+        """'quantized' or 'pruned' (derived.json), 'distilled' (train.distill), 'transferred'
+        (model.init_from), else 'trained'."""
+        derived = self.read("derived", required=False)
+        if derived:
+            return {"quantize": "quantized", "prune": "pruned"}.get(derived.get("method"), str(derived.get("method")))
+        raw = self.raw_recipe()
+        if (raw.get("train") or {}).get("distill"):
+            return "distilled"
+        if (raw.get("model") or {}).get("init_from"):
+            return "transferred"
+        return "trained"
+
+    def parent(self) -> Optional[str]:
+        derived = self.read("derived", required=False)
+        return (derived or {}).get("parent") or (self.raw_recipe().get("run") or {}).get("parent")
+
+    def final_weights(self, checkpoint: Optional[str] = None) -> Path:
+        """The weights the run's metrics are about: `checkpoint` (a step-N name) if given; else the int8
+        file of a quantized run, best.safetensors under early stopping with restore_best, or the newest
+        checkpoint folder. The newest checkpoint must be whole: a damaged one is refused, naming the file
+        and the older checkpoint to ask for instead."""
+        if checkpoint:
+            path = self.checkpoints / checkpoint
+            if checkpoint == self.best_weights.name and path.is_file():
+                return path
+            if not path.is_dir():
+                have = ", ".join(p.name for p in self.list_checkpoints()) or "none"
+                raise RunDirError(f"--checkpoint '{checkpoint}': no such checkpoint in '{self.checkpoints}' (have: {have})")
+            validate_checkpoint(path)
+            return path
+        if self.kind == "quantized":
+            if not self.quantized_weights.is_file():
+                raise RunDirError(f"'{self.quantized_weights}' is missing; quantize the parent again")
+            return self.quantized_weights
+        es = (self.raw_recipe().get("train") or {}).get("early_stop") or {}
+        if es and es.get("restore_best", True) and self.best_weights.is_file():
+            return self.best_weights
+        found = self.list_checkpoints()
+        if not found:
+            raise RunDirError(f"'{self.path}' has no checkpoint yet; finish it with `powertrain resume {self.path}`")
+        try:
+            validate_checkpoint(found[-1])
+        except RunDirError as e:
+            older = f"; to use the older one pass --checkpoint {found[-2].name}" if len(found) > 1 else ""
+            raise RunDirError(f"{e}{older}") from None
+        return found[-1]
 
 
-def create(recipe: Recipe, out: str | Path | None, env: dict) -> Path:
-    """Make a fresh run directory and write recipe.yaml and env.json into it."""
-    path = Path(out or recipe.run.out or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if path.exists() and any(path.iterdir()):
-        if (path / "recipe.yaml").exists():
-            raise RunDirError(f"run directory '{path}' already holds a run; continue it with "
-                              f"`powertrain resume {path}` or pass another --out")
-        raise RunDirError(f"--out '{path}' is a non-empty folder that is not a run; pass a new or empty folder")
-    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (path / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    write_json(path / "env.json", env)
-    return path
 
-
-def open_run(path: str | Path, overrides: list[str] | None = None) -> tuple[Path, Recipe]:
-    """Check that `path` is a readable powertrain run directory; return it and its recipe."""
-    path = Path(path)
-    if not path.is_dir():
-        raise RunDirError(f"run directory '{path}' does not exist; pass the folder that `powertrain train` printed")
-    if not (path / "recipe.yaml").is_file() or not (path / "env.json").is_file():
-        raise RunDirError(f"'{path}' is not a powertrain run directory (it lacks recipe.yaml or env.json); "
-                          f"pass the folder that `powertrain train` printed")
-    try:
-        env = json.loads((path / "env.json").read_text())
-        raw = yaml.safe_load((path / "recipe.yaml").read_text())
-    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise RunDirError(f"run directory '{path}' is corrupt: {type(e).__name__} in env.json or recipe.yaml") from None
-    if not isinstance(env, dict) or "powertrain" not in env or not isinstance(raw, dict):
-        raise RunDirError(f"'{path}' was not written by powertrain (env.json has no 'powertrain' version)")
-    try:
-        recipe = parse_recipe(apply_overrides(raw, list(overrides or [])))
-    except RecipeError as e:
-        raise RunDirError(f"'{path / 'recipe.yaml'}' is invalid: {e}") from None
-    return path, recipe
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics.jsonl records written after `step` (they are replayed by a resume)."""
-    records = [r for r in read_jsonl(path / "metrics.jsonl") if r["step"] <= step]
-    tmp = path / ".metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path / "metrics.jsonl")
+def open_run(path: str | Path, overrides: Optional[list[str]] = None):
+    """(path, recipe) of a readable run directory; the recipe with `overrides` applied (nothing written)."""
+    run = RunDir.open(path)
+    return run.path, run.recipe(overrides)

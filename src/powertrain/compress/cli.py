@@ -54,8 +54,9 @@ def cmd_quantize(args) -> int:
 def cmd_export(args) -> int:
     from .export import export
 
+    kw = {"checkpoint": args.checkpoint} if args.checkpoint else {}
     result = export(args.run_dir, format=args.format, out=args.out,
-                    samples=_number(args.samples, "--samples", int, "a whole number >= 2"))
+                    samples=_number(args.samples, "--samples", int, "a whole number >= 2"), **kw)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -94,4 +95,6 @@ def add_commands(sub) -> None:
     e.add_argument("--out", help="file to write (default RUN_DIR/export/model.FORMAT)")
     e.add_argument("--samples", default="64", help="data samples the ONNX parity check runs (default 64)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument("--checkpoint", help="use this checkpoint instead of the final weights, e.g. step-00000040; "
+                                        "needed when the newest checkpoint is damaged")
     e.set_defaults(func=cmd_export)

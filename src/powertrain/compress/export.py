@@ -30,9 +30,9 @@ from typing import Optional
 import torch
 import yaml
 
-from .. import rundir
 from ..errors import PowertrainError, RecipeError
-from .derived import QUANTIZED, is_quantized_run, load_model
+from ..rundir import RunDir
+from .derived import load_model
 
 FORMATS = ("onnx", "safetensors")
 BAR_FP32 = 1e-4
@@ -81,11 +81,24 @@ def onnx_parity(onnx_path: Path, model: torch.nn.Module, batches: list[torch.Ten
     return worst, largest
 
 
-def export(run_dir: str | Path, format: str = "onnx", out: Optional[str | Path] = None, samples: int = 64) -> dict:
+def _load(run: RunDir, checkpoint: Optional[str]):
+    """(model in eval mode, trainer holding the data) of the run's final weights or the named checkpoint."""
+    if checkpoint is None:
+        model, _, trainer = load_model(run.path)
+        return model, trainer
+    from ..api import load_trainer
+
+    trainer = load_trainer(run, checkpoint)
+    return trainer.model.eval(), trainer
+
+
+def export(run_dir: str | Path, format: str = "onnx", out: Optional[str | Path] = None, samples: int = 64,
+           checkpoint: Optional[str] = None) -> dict:
     """Write the run's final model as `format` to `out` (default RUN_DIR/export/model.onnx or
     model.safetensors). Returns {"format", "path", "bytes"} and, for ONNX, "max_abs_diff" (torch vs
     onnxruntime on `samples` data samples and on 1), "max_abs_output" (largest |torch output|, for scale),
-    "bar" (1e-4) and "ok".
+    "bar" (1e-4) and "ok". `checkpoint` (e.g. 'step-00000040'): that checkpoint instead of the final
+    weights (a damaged newest checkpoint is refused, naming it).
 
     >>> export("runs/mnist1d-cnn", format="safetensors")["path"]  # doctest: +SKIP
     'runs/mnist1d-cnn/export/model.safetensors'
@@ -94,8 +107,9 @@ def export(run_dir: str | Path, format: str = "onnx", out: Optional[str | Path] 
         raise RecipeError(f"format (--format): expected one of {', '.join(FORMATS)}, got '{format}'")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise RecipeError(f"samples (--samples): expected a whole number >= 2, got {samples!r}")
-    path, recipe = rundir.open_run(run_dir)
-    quantized = is_quantized_run(path)
+    run = RunDir.open(run_dir)
+    path, recipe = run.path, run.recipe()
+    quantized = run.kind == "quantized" and not checkpoint
     if quantized and format == "onnx":
         raise RecipeError(f"'{path}' is an int8 (quantized) run: torch's ONNX exporter does not translate eager-mode "
                           f"quantized kernels; export its parent with --format onnx and quantize the .onnx file with "
@@ -104,11 +118,11 @@ def export(run_dir: str | Path, format: str = "onnx", out: Optional[str | Path] 
     dest.parent.mkdir(parents=True, exist_ok=True)
     if format == "safetensors":
         if quantized:
-            shutil.copyfile(path / "checkpoints" / QUANTIZED, dest)
+            shutil.copyfile(run.final_weights(), dest)
         else:
             from safetensors.torch import save_model
 
-            model, _, _ = load_model(path)
+            model = _load(run, checkpoint)[0]
             save_model(model, str(dest), metadata={"format": "powertrain-fp32", "run": str(path.resolve()),
                                                    "recipe": yaml.safe_dump(recipe.to_dict(), sort_keys=False)})
         return {"format": format, "path": str(dest), "bytes": dest.stat().st_size}
@@ -118,7 +132,7 @@ def export(run_dir: str | Path, format: str = "onnx", out: Optional[str | Path] 
     except ImportError as e:
         raise PowertrainError(f"--format onnx needs {e.name}: pip install 'powertrain[export]' "
                               f"(onnx, onnxruntime, onnxscript)") from None
-    model, _, trainer = load_model(path)
+    model, trainer = _load(run, checkpoint)
     model = model.cpu().eval()
     x = _samples(trainer, samples)
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")

@@ -13,7 +13,7 @@ Dense kernels do the same work on zeros: pruning here shrinks nothing on disk or
 
 >>> from powertrain.compress import prune
 >>> child = prune("runs/fashion-convnet", sparsity=0.8, epochs=1)  # doctest: +SKIP
->>> json.loads((child / "derived.json").read_text())["report"]["sparsity"]  # doctest: +SKIP
+>>> RunDir(child).read("derived")["report"]["sparsity"]  # doctest: +SKIP
 0.8
 """
 from __future__ import annotations
@@ -156,12 +156,13 @@ def prune(run_dir: str | Path, sparsity: float = 0.8, rounds: int = 1, epochs: i
     base = child_recipe(recipe, parent)
     tuned = finetune_recipe(base, s) if tune else base
     trainer = make_trainer(tuned, None, cls=MaskedTrainer, callbacks=callbacks)
-    load_final_weights(parent, recipe, trainer.model, trainer.device)
+    load_final_weights(parent, trainer.model, trainer.device)
     layers = prunable(trainer.model)
     if not layers:
         raise RunDirError(f"'{parent}': model '{recipe.model.name}' has no Linear or Conv weights to prune")
     child = create_child(parent, tuned, out, f"prune{round(s['sparsity'] * 100)}", "prune", s)
-    trainer.run_dir = child  # from here on the trainer logs and checkpoints there
+    trainer.run = child  # from here on the trainer logs and checkpoints there
+    trainer.finish_after_fit = False  # evaluated below, once the masks are removed
     targets = schedule(s["sparsity"], s["rounds"]) if tune else [s["sparsity"]]
     prune_to(layers, targets[0])
     split = "test" if trainer.data.test is not None else "val"  # a text corpus has no test split
@@ -181,8 +182,8 @@ def prune(run_dir: str | Path, sparsity: float = 0.8, rounds: int = 1, epochs: i
               "note": "zeros are stored densely: the checkpoint is as large and a forward pass as costly as "
                       "the parent's; sparse kernels or structured pruning would be needed to save either"}
     update_derived(child, report=report)
-    finish_child(child, trainer, tuned, results, "prune")
-    return child
+    finish_child(child, trainer, results, "prune")
+    return child.path
 
 
 def format_report(report: dict) -> str:

@@ -18,7 +18,7 @@ the recipe, quantizes its structure the same way and loads those tensors into it
 
 >>> from powertrain.compress import quantize
 >>> child = quantize("runs/mnist1d-gru")                                     # doctest: +SKIP
->>> json.loads((child / "derived.json").read_text())["report"]["size_ratio"]  # doctest: +SKIP
+>>> RunDir(child).read("derived")["report"]["size_ratio"]  # doctest: +SKIP
 3.6
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from torch import nn
 from ..errors import RecipeError, RunDirError
 from ..models import count_params
 from ..recipe import Recipe, parse_recipe
-from .derived import (QUANTIZED, child_recipe, create_child, evaluate_splits, finish_child, floats,
+from .derived import (child_recipe, create_child, evaluate_splits, finish_child, floats,
                       load_final_weights, make_trainer, open_trained, parent_metrics, update_derived)
 from .int8_io import is_quantized_layer, load_quantized_tensors, quiet as _quiet, save_quantized
 
@@ -200,15 +200,15 @@ def quantize(run_dir: str | Path, mode: str = "dynamic", out: Optional[str | Pat
     parent, recipe = open_trained(run_dir, "quantize")
     cpu_recipe = _cpu_recipe(child_recipe(recipe, parent))
     trainer = make_trainer(cpu_recipe, None, callbacks=[])
-    load_final_weights(parent, recipe, trainer.model, trainer.device)
+    load_final_weights(parent, trainer.model, trainer.device)
     fp32 = trainer.model.eval()
     qmodel = quantize_model(fp32, mode, recipe.model.name, _calibration(trainer, calibration_samples))
     settings = {"mode": mode, "engine": torch.backends.quantized.engine, "dtype": "qint8",
                 "calibration_samples": calibration_samples if mode == "static" else 0}
     child = create_child(parent, cpu_recipe, out, f"int8-{mode}", "quantize", settings)
-    int8_bytes = save_quantized(qmodel, child / "checkpoints" / QUANTIZED,
+    int8_bytes = save_quantized(qmodel, child.quantized_weights,
                                 {"format": "powertrain-int8", **settings, "model": json.dumps(recipe.model.model_dump())})
-    float_bytes = fp32_bytes(fp32, child / "checkpoints")
+    float_bytes = fp32_bytes(fp32, child.checkpoints)
     x1 = _sample(trainer)
     lat = latency_s({"fp32": fp32, "int8": qmodel}, x1, warmup, repeats, threads)
     from ..measure import forward_flops
@@ -229,19 +229,17 @@ def quantize(run_dir: str | Path, mode: str = "dynamic", out: Optional[str | Pat
                  f"{torch.__version__}"),
     }
     update_derived(child, report=report)
-    finish_child(child, trainer, cpu_recipe, results, "quantize", params=n_params)
-    return child
+    finish_child(child, trainer, results, "quantize", params=n_params)
+    return child.path
 
 
-def load_quantized(path: Path, recipe: Recipe):
+def load_quantized(run, recipe: Recipe):
     """(int8 model, recipe, trainer) of a quantized run: the recipe's model, quantized the same way,
     filled from checkpoints/quantized.safetensors."""
-    from .derived import read_derived
-
-    f = path / "checkpoints" / QUANTIZED
+    f = run.quantized_weights
     if not f.is_file():
-        raise RunDirError(f"'{path}' is a quantized run without '{f.name}' in checkpoints/; quantize its parent again")
-    mode = (read_derived(path) or {}).get("settings", {}).get("mode", "dynamic")
+        raise RunDirError(f"'{run.path}' is a quantized run without '{f.name}' in checkpoints/; quantize its parent again")
+    mode = (run.read("derived", required=False) or {}).get("settings", {}).get("mode", "dynamic")
     trainer = make_trainer(recipe, None, callbacks=[])
     skeleton = trainer.model.eval()
     if mode == "static":

@@ -32,32 +32,23 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import checkpoint, rundir
-from ..errors import RecipeError, RunDirError
-
-REPORT = "init_from.json"
-
+from . import checkpoint
+from .errors import RecipeError, RunDirError
+from .rundir import RunDir
 
 def final_weights_file(run_dir: str | Path, what: str = "model.init_from") -> Path:
     """The safetensors file holding a run's final weights (those its metrics were reported with)."""
     try:
-        path, recipe = rundir.open_run(run_dir)
+        run = RunDir.open(run_dir)
+        if run.kind == "quantized":
+            raise RunDirError(f"'{run.path}' is a quantized (int8) run; use its parent's fp32 weights instead")
+        weights = run.final_weights()
     except RunDirError as e:
         raise RunDirError(f"{what}: {e}") from None
-    derived = path / "derived.json"
-    if derived.is_file() and json.loads(derived.read_text()).get("method") == "quantize":
-        raise RunDirError(f"{what}: '{path}' is a quantized (int8) run; use its parent's fp32 weights instead")
-    es = recipe.train.early_stop
-    best = path / "checkpoints" / "best.safetensors"
-    if es is not None and es.restore_best and best.is_file():
-        return best
-    found = checkpoint.list_checkpoints(path / "checkpoints")
-    if not found:
-        raise RunDirError(f"{what}: '{path}' has no checkpoint yet; finish it with `powertrain resume {path}`")
-    if checkpoint.is_sharded(found[-1]):
-        raise RunDirError(f"{what}: '{found[-1]}' is a sharded (FSDP) checkpoint; write its full weights with "
-                          f"`powertrain export {path} --format safetensors` and load those instead")
-    return found[-1] / "model.safetensors"
+    if weights.is_dir() and checkpoint.is_sharded(weights):
+        raise RunDirError(f"{what}: '{weights}' is a sharded (FSDP) checkpoint; write its full weights with "
+                          f"`powertrain export {run.path} --format safetensors` and load those instead")
+    return weights / "model.safetensors" if weights.is_dir() else weights
 
 
 def _tied(model: nn.Module) -> dict[str, list[str]]:
@@ -124,15 +115,16 @@ def apply(model: nn.Module, section, run_dir: Optional[Path], announce: bool = T
     the checkpoint will hold the weights. None when the section has no init_from."""
     if not section.init_from:
         return None
-    saved = Path(run_dir) / REPORT if run_dir is not None else None
-    if saved is not None and saved.is_file():
-        report = json.loads(saved.read_text())
+    run = RunDir(run_dir) if run_dir is not None else None
+    saved = run.read("init_report", required=False) if run is not None else None
+    if saved is not None:
+        report = saved
         model.pretrained_names = frozenset(report["pretrained"])
         return report
     report = init_from(model, section.init_from, section.init_exclude)
     report["pretrained"] = sorted(model.pretrained_names)
-    if saved is not None:
-        rundir.write_json(saved, report)
+    if run is not None:
+        run.write("init_report", report)
     if announce:
         print(format_report(report), flush=True)
     return report

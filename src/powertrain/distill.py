@@ -25,7 +25,6 @@ and a "distill" block beside the student's figures.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -33,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import data, models
-from ..engine import Trainer
-from ..errors import RecipeError
-from ..hardware import resolve_device
-from ..measure import forward_flops
-from ..recipe import Recipe, TrainConfig
+from . import data, models
+from .engine import Trainer
+from .errors import RecipeError
+from .hardware import resolve_device
+from .measure import forward_flops
+from .recipe import Recipe, TrainConfig
 
 TASKS = ("multiclass", "language_model")
 
@@ -99,9 +98,10 @@ class Distiller(Trainer):
     def __init__(self, model: nn.Module, data, config=None, *, teacher: nn.Module, alpha: float = 0.5,
                  temperature: float = 4.0, cache: bool = True, **trainer_kwargs):
         config = config or TrainConfig()
-        # before Trainer.__init__: in a job it counts a step's FLOPs, which runs compute_loss, before sharding
+        # before Trainer.__init__, which counts a step's FLOPs (extra_step_flops reads the teacher's)
         self.teacher = teacher.to(resolve_device(config.device)).eval().requires_grad_(False)
         self.alpha, self.temperature = float(alpha), float(temperature)
+        self.cached, self.teacher_flops_per_sample = False, 0  # set below; read by extra_step_flops
         super().__init__(model, data, config, **trainer_kwargs)
         if self.task not in TASKS:
             raise RecipeError(f"train.distill: distillation needs a classifier or a language model (task "
@@ -119,8 +119,10 @@ class Distiller(Trainer):
         self._cache_window = None
         if self.cached:
             self._build_cache()
-            if self._step_flops:  # counted in Trainer.__init__ (a job, activation checkpointing) with a teacher per batch
-                self._step_flops = {n: f - n * self.teacher_flops_per_sample for n, f in self._step_flops.items()}
+
+    def extra_step_flops(self, samples: int) -> int:
+        """The teacher's forward per train sample, unless its logits are cached."""
+        return 0 if self.cached else samples * self.teacher_flops_per_sample
 
     def _check_outputs(self, x: torch.Tensor) -> None:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
@@ -171,7 +173,7 @@ class Distiller(Trainer):
         super().load_state_dict(state)
         self.cache_builds += int(state.get("distill_cache_builds", 0))
         if self.meter and self._cache_window is not None and self.dist.is_main:
-            from ..measure.meter import WindowTotals
+            from .measure import WindowTotals
 
             self.meter._totals.setdefault("fit", WindowTotals("fit")).add(self._cache_window)
 
@@ -185,6 +187,13 @@ class Distiller(Trainer):
                 teacher = self.teacher(batch[0])
         return distillation_loss(outputs, teacher, batch[-1], self.alpha, self.temperature)
 
+    def bill(self) -> dict:
+        """The Trainer's bill, with the teacher's figures beside the student's (when loaded from a run)."""
+        bill = super().bill()
+        if self.teacher_dir is not None and self.dist.is_main:
+            bill.update(bill_blocks(self, bill, self.teacher_dir))
+        return bill
+
     def teacher_forward_flops(self) -> int:
         """FLOPs of the teacher's forward passes in this run: the cache's (once per start or resume), or
         one per sample trained."""
@@ -197,13 +206,14 @@ class Distiller(Trainer):
 def load_teacher(run_dir: str | Path, student: Recipe, student_meta) -> tuple[nn.Module, Path]:
     """The teacher run's model with its final weights, and its path. Refuses (one line) a missing or
     unfinished run, a quantized one, another number of classes, or a language model on another vocabulary."""
-    from .derived import load_final_weights
+    from . import checkpoint
+    from .rundir import RunDir
     from .transfer import final_weights_file
-    from .. import rundir
 
     what = "train.distill.teacher"
-    final_weights_file(run_dir, what)  # a readable run with final fp32 weights, or a one-line error
-    path, recipe = rundir.open_run(run_dir)
+    weights = final_weights_file(run_dir, what)  # a readable run with final fp32 weights, or a one-line error
+    run = RunDir.open(run_dir)
+    path, recipe = run.path, run.recipe()
     same_data = recipe.data.model_dump() == student.data.model_dump()
     meta = student_meta if same_data else data.build(recipe.data.model_dump(), seed=recipe.run.seed).meta
     if meta.task != student_meta.task or meta.num_classes != student_meta.num_classes:
@@ -218,21 +228,22 @@ def load_teacher(run_dir: str | Path, student: Recipe, student_meta) -> tuple[nn
                               f"same tokenizer: give the student the teacher's data section")
     with torch.random.fork_rng(devices=[]):  # the student's dropout and augmentation draws stay as without a teacher
         model = models.build(recipe.model.model_dump(), meta)
-    load_final_weights(path, recipe, model, "cpu")
+    checkpoint.load_weights(model, weights, "cpu")
     return model.eval(), path
 
 
 def bill_blocks(trainer: Distiller, bill: dict, teacher_dir: Path) -> dict:
     """The "teacher" and "distill" blocks of a distilled run's bill: the teacher's per-sample figures
     from its own bill.json beside the student's, and the teacher FLOPs this training spent."""
+    from .errors import RunDirError
+    from .rundir import RunDir
+
+    run = RunDir(teacher_dir)
     try:
-        tb = json.loads((Path(teacher_dir) / "bill.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        tb = {}
-    try:
-        tev = json.loads((Path(teacher_dir) / "eval.json").read_text()).get("test", {})
-    except (FileNotFoundError, json.JSONDecodeError):
-        tev = {}
+        tb = run.read("bill", required=False) or {}
+        tev = (run.read("eval", required=False) or {}).get("test", {})
+    except RunDirError:
+        tb, tev = {}, {}
     teacher = {"run": str(Path(teacher_dir).resolve()), "params": models.count_params(trainer.teacher),
                "flops_per_sample_forward": trainer.teacher_flops_per_sample,
                "j_per_inference_sample": tb.get("j_per_inference_sample"),

@@ -1,0 +1,48 @@
+"""One bill per job: the Meter totals of every rank merged into the job's (a collective in a job).
+
+Time and window counts are rank 0's (wall time); FLOPs, energy per component and CO2e are summed over
+the ranks, where local rank 0 of each node alone read the node's counters (RAPL, NVML) and every rank
+its own process estimate, so nothing is counted twice.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from .meter import Meter, WindowTotals
+
+
+def merge_meter_states(states: list[dict]) -> dict:
+    """One Meter state for the job from every rank's `Meter.state_dict()`."""
+    from . import combine_methods
+
+    merged = {"version": 1, "totals": {}}
+    for i, state in enumerate(states):
+        for name, t in state["totals"].items():
+            m = merged["totals"].setdefault(name, {"name": name, "count": 0, "time_s": 0.0, "flops": None,
+                                                   "co2e_g": None, "energy": {}})
+            if i == 0:
+                m["count"], m["time_s"] = t["count"], t["time_s"]
+            if t["flops"] is not None:
+                m["flops"] = (m["flops"] or 0) + t["flops"]
+            if t["co2e_g"] is not None:
+                m["co2e_g"] = (m["co2e_g"] or 0.0) + t["co2e_g"]
+            for comp, c in t["energy"].items():
+                e = m["energy"].setdefault(comp, {"energy_j": 0.0, "method": c["method"], "above_idle_j": None})
+                e["energy_j"] += c["energy_j"]
+                if c["method"] != e["method"]:
+                    e["method"] = combine_methods([e["method"], c["method"]])
+                if c.get("above_idle_j") is not None:
+                    e["above_idle_j"] = (e["above_idle_j"] or 0.0) + c["above_idle_j"]
+    return merged
+
+
+def job_totals(meter: Optional[Meter], in_job: bool) -> dict[str, WindowTotals]:
+    """The totals a bill is made of: this process's, or in a job (every rank calls it) the job's."""
+    if not in_job:
+        return meter.totals() if meter else {}
+    from ..distributed import gather_objects
+
+    states = gather_objects(meter.state_dict() if meter else None)
+    if states[0] is None:
+        return {}
+    return {k: WindowTotals.from_dict(v) for k, v in merge_meter_states(states)["totals"].items()}
