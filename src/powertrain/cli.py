@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 
 from .errors import PowertrainError
@@ -85,7 +87,7 @@ def cmd_resume(args) -> int:
 def cmd_eval(args) -> int:
     from .api import evaluate
 
-    metrics = evaluate(args.run_dir, args.split)
+    metrics = evaluate(args.run_dir, args.split, checkpoint=args.checkpoint)
     print(json.dumps({args.split: metrics}, indent=2))
     return 0
 
@@ -178,12 +180,32 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+class _Intermixed(argparse.ArgumentParser):
+    """A subcommand's parser that takes options before, between and after its positionals
+    (`train digits-mlp --nproc 2 train.epochs=1`); plain argparse stops at the first option."""
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inner:  # parse_known_intermixed_args calls back into this method twice
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
+CHECKPOINT_HELP = ("use this checkpoint instead of the final weights, e.g. step-00000040; "
+                   "needed when the newest checkpoint is damaged")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="powertrain", description="Train neural networks and get a measured bill.")
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"powertrain {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Intermixed)
 
     t = sub.add_parser("train", help="train a recipe into a new run directory")
     t.add_argument("recipe", nargs="?", default="mnist1d-cnn", help="built-in recipe name or YAML path (default mnist1d-cnn)")
@@ -212,6 +234,7 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="recompute a split's metrics from a run's checkpoint")
     e.add_argument("run_dir")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     e.set_defaults(func=cmd_eval)
 
     sub.add_parser("recipes", help="list the built-in recipes").set_defaults(func=cmd_recipes)
@@ -267,13 +290,51 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+_OS_FIXES = {  # errno -> (the cause in words, the fix)
+    errno.ENOSPC: ("no space left on the device", "free some space, or choose a folder on another disk with --out"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space, or choose a folder on another disk with --out"),
+    errno.EROFS: ("read-only file system", "choose a writable folder with --out"),
+    errno.EACCES: ("permission denied", "choose a folder you can write with --out, or change its permissions"),
+    errno.EPERM: ("operation not permitted", "choose a folder you can write with --out, or change its permissions"),
+    errno.ENOTDIR: ("a file stands where a folder is needed", "pass a folder, not a file (e.g. a new --out path)"),
+    errno.EISDIR: ("is a folder, not a file", "pass a file path, not a folder"),
+    errno.EEXIST: ("already exists", "choose a new path, or remove the old one"),
+    errno.ENOENT: ("no such file or folder", "check the path"),
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError: the path, the cause in words, and the fix."""
+    cause, fix = _OS_FIXES.get(e.errno, ((e.strerror or str(e)).lower(), "check the path and try again"))
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    where = f"'{paths[0]}'" + (f" -> '{paths[1]}'" if len(paths) > 1 else "") if paths else "a file operation"
+    return f"{where}: {cause}; {fix}"
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe (`powertrain regions | head -1`): point stdout at devnull, so that the
+    interpreter's last flush at exit does not fail again (the recipe in Python's signal docs)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
+        return code
     except PowertrainError as e:
         print(f"powertrain: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # the reader went away (`| head`): nothing left to say to it
+        _quiet_stdout()
+        return 141  # 128 + SIGPIPE, as a command killed by the closed pipe reports
+    except OSError as e:  # disk full, read-only, not a folder, permission denied, ...
+        print(f"powertrain: error: {os_error_message(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

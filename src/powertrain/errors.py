@@ -31,6 +31,18 @@ class DataError(PowertrainError):
     exit_code = 2
 
 
+class ModelError(PowertrainError):
+    """A model does not fit its data (shapes, output width)."""
+
+    exit_code = 2
+
+
+class SettingError(PowertrainError):
+    """An environment setting (POWERTRAIN_*) has a value that cannot be used."""
+
+    exit_code = 2
+
+
 class NonFiniteLoss(PowertrainError):
     """The training loss became NaN or inf."""
 

@@ -56,6 +56,29 @@ class TaskMetrics:
         return out
 
 
+SCALARS = {  # the numbers TaskMetrics(task).compute() reports (classification adds a confusion_matrix list)
+    "multiclass": ("accuracy", "precision_macro", "recall_macro", "f1_macro"),
+    "binary": ("accuracy", "precision_macro", "recall_macro", "f1_macro"),
+    "regression": ("mse", "mae", "r2"),
+}
+
+
+def metric_names(task: str, model=None) -> set[str]:
+    """The numeric metrics an evaluation of `task` reports: "loss" plus TaskMetrics' numbers, so that a
+    recipe's `train.early_stop.metric` can be checked before training. With `model`, also the loss's
+    other names that `loss_names` adds to eval.json (reconstruction: "mse" or "elbo_nats").
+
+    >>> sorted(metric_names("regression"))
+    ['loss', 'mae', 'mse', 'r2']
+    >>> sorted(metric_names("reconstruction", torch.nn.Identity()))
+    ['loss', 'mse']
+    """
+    names = {"loss", *SCALARS.get(task, ())}
+    if model is not None and task == "reconstruction":
+        names |= set(loss_names(model, task, 1.0))
+    return names
+
+
 def loss_names(model, task: str, loss: float) -> dict:
     """A reconstruction run's evaluation loss under the name of what it measures (the other tasks' metrics
     are TaskMetrics'): {"mse": loss} for a model trained on the Trainer's default loss (an autoencoder: the

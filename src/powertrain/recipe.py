@@ -144,18 +144,26 @@ def builtin_recipes() -> dict[str, Path]:
 
 def _read(source: str | Path) -> dict:
     path = Path(source)
-    if not path.suffix:
-        known = builtin_recipes()
-        if str(source) not in known:
-            raise RecipeError(
-                f"recipe '{source}': not a built-in recipe{closest(str(source), known)} and not a file; "
-                f"run `powertrain recipes` to list them, or pass a path to a .yaml file"
-            )
+    known = {} if path.suffix else builtin_recipes()
+    if str(source) in known:
         path = known[str(source)]
+    elif not path.suffix and not path.is_file():  # a file without suffix (`powertrain train ./myrecipe`) is read
+        raise RecipeError(
+            f"recipe '{source}': not a built-in recipe{closest(str(source), known)} and not a file; "
+            f"run `powertrain recipes` to list them, or pass a path to a .yaml file"
+        )
     if not path.is_file():
         raise RecipeError(f"recipe file '{path}': not found; pass an existing .yaml path or a built-in name")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe file '{path}': not a text YAML recipe (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start} is not UTF-8 text); pass a .yaml recipe file or a built-in name") from None
+    if "\x00" in text:
+        raise RecipeError(f"recipe file '{path}': not a text YAML recipe (it contains NUL bytes: a binary file); "
+                          f"pass a .yaml recipe file or a built-in name")
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""

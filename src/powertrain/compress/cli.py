@@ -54,9 +54,8 @@ def cmd_quantize(args) -> int:
 def cmd_export(args) -> int:
     from .export import export
 
-    kw = {"checkpoint": args.checkpoint} if args.checkpoint else {}
     result = export(args.run_dir, format=args.format, out=args.out,
-                    samples=_number(args.samples, "--samples", int, "a whole number >= 2"), **kw)
+                    samples=_number(args.samples, "--samples", int, "a whole number >= 2"), checkpoint=args.checkpoint)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ..errors import DataError
 from ..registry import Options, Registry
 
 Task = Literal["multiclass", "binary", "regression", "reconstruction", "language_model"]
@@ -44,18 +45,27 @@ class DataMeta:
     extra: dict = field(default_factory=dict)  # e.g. vocab for text
 
 
+def _names(n: int) -> list[str]:
+    return ["x", "y"] if n == 2 else [f"tensor {i}" for i in range(n)]
+
+
 class TensorSplit:
     """A split held as tensors with equal first dimension; `batch(idx)` indexes all of them."""
 
-    def __init__(self, *tensors: torch.Tensor):
-        assert tensors and all(len(t) == len(tensors[0]) for t in tensors), "tensors differ in length"
-        self.tensors = tensors
+    def __init__(self, *tensors: torch.Tensor, name: str = "split"):
+        if not tensors:
+            raise DataError(f"data: the {name} split has no tensors; pass (x, y) tensors")
+        if any(len(t) != len(tensors[0]) for t in tensors):
+            lengths = " and ".join(f"{n} has {len(t)}" for n, t in zip(_names(len(tensors)), tensors))
+            raise DataError(f"data: the {name} split's tensors differ in length ({lengths} samples); "
+                            f"give one row per sample in each, e.g. cut both to the same length")
+        self.tensors, self.name = tensors, name
 
     def __len__(self) -> int:
         return len(self.tensors[0])
 
     def to(self, device) -> "TensorSplit":
-        return TensorSplit(*(t.to(device) for t in self.tensors))
+        return TensorSplit(*(t.to(device) for t in self.tensors), name=self.name)
 
     def batches(self, order: torch.Tensor, batch_size: int, start: int = 0) -> Iterator[tuple]:
         order = order.to(self.tensors[0].device)
@@ -109,11 +119,16 @@ class DataBundle:
     def from_tensors(cls, train: Sequence[torch.Tensor], val=None, test=None, task: Task = "multiclass",
                      num_classes: Optional[int] = None) -> "DataBundle":
         """Wrap (x, y) tensor pairs: `DataBundle.from_tensors((x, y), test=(xt, yt))`."""
+        splits = {name: None if s is None else TensorSplit(*s, name=name)
+                  for name, s in (("train", train), ("val", val), ("test", test))}
+        for name, split in splits.items():
+            if split is not None and len(split) == 0:
+                raise DataError(f"DataBundle.from_tensors: the {name} split is empty (0 samples); pass at least one "
+                                f"sample{'' if name == 'train' else f', or {name}=None to leave it out'}")
         x, y = train
         if num_classes is None and task == "multiclass":
             num_classes = int(y.max()) + 1
-        wrap = lambda s: None if s is None else TensorSplit(*s)  # noqa: E731
-        return cls(TensorSplit(*train), wrap(val), wrap(test), DataMeta(tuple(x.shape[1:]), task, num_classes))
+        return cls(splits["train"], splits["val"], splits["test"], DataMeta(tuple(x.shape[1:]), task, num_classes))
 
 
 # ---------------------------------------------------------------- helpers for loaders
@@ -143,13 +158,13 @@ def make_bundle(train, val, test, meta: DataMeta, opts: DataOptions, norm_axis=0
         xs = standardize(*xs, axis=norm_axis)
     y_dtype = torch.float32 if meta.task in ("binary", "regression") else torch.long
 
-    def split(x, s):
+    def split(x, s, name):
         if s is None:
             return None
-        tensors = TensorSplit(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(s[1], dtype=y_dtype))
+        tensors = TensorSplit(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(s[1], dtype=y_dtype), name=name)
         return tensors if opts.in_memory else LoaderSplit(TensorDataset(*tensors.tensors), opts.num_workers)
 
-    return DataBundle(*(split(x, s) for x, s in zip(xs, (train, val, test))), meta)
+    return DataBundle(*(split(x, s, n) for x, s, n in zip(xs, (train, val, test), ("train", "val", "test"))), meta)
 
 
 def build(section: dict, seed: int = 0) -> DataBundle:

@@ -18,20 +18,25 @@ True
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import re
 import socket
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from ..settings import cache_dir  # noqa: F401  (re-exported: measure.cache_dir)
+
 __all__ = ["Peak", "GPU_PEAKS", "GpuSpec", "lookup_peak", "measure_cpu_peak", "cpu_peak", "peak_for", "mfu",
-           "cache_dir", "cpu_model_name"]
+           "cache_dir", "cpu_model_name", "busy_reason", "cpu_sample", "CpuSample", "BUSY"]
 
 T = 1e12
 
@@ -128,14 +133,6 @@ def lookup_peak(device_name: str, dtype: str) -> Peak | None:
     return None
 
 
-def cache_dir() -> Path:
-    """$POWERTRAIN_CACHE_DIR, else $XDG_CACHE_HOME/powertrain, else ~/.cache/powertrain."""
-    if os.environ.get("POWERTRAIN_CACHE_DIR"):
-        return Path(os.environ["POWERTRAIN_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "powertrain"
-
-
 def cpu_model_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -171,7 +168,6 @@ def measure_cpu_peak(dtype: str = "fp32", target_s: float = 0.4, repeats: int = 
             best_s = min(best_s, time.perf_counter() - t0)
         return 2 * n**3 / best_s
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0  # before we add to it
     probe_n, probe = 256, rate(256)
     if 2 * 256**3 / probe < 0.01:  # a fast dtype: probe nearer the large-matmul regime
         probe_n, probe = 1024, rate(1024)
@@ -186,13 +182,9 @@ def measure_cpu_peak(dtype: str = "fp32", target_s: float = 0.4, repeats: int = 
         best = max(best, 2 * n**3 / (time.perf_counter() - t0))
     threads = torch.get_num_threads()
     today = _dt.date.today().isoformat()
-    busy = ""
-    if load > 0.5 * (os.cpu_count() or 1):
-        busy = (f"; 1-min load average {load:.1f} on {os.cpu_count()} cpus before measuring: other work may "
-                f"have shared the CPU (measure again with refresh=True when idle)")
     return Peak(f"cpu: {cpu_model_name()} ({threads} threads)", dtype, best,
                 f"measured: {n}x{n} {dtype} matmul, best of {repeats}, {threads} threads, "
-                f"torch {torch.__version__}, {today}{busy}")
+                f"torch {torch.__version__}, {today}")
 
 
 def _machine_key(dtype: str) -> str:
@@ -200,29 +192,122 @@ def _machine_key(dtype: str) -> str:
            f"torch {torch.__version__}|{dtype}"
 
 
+BUSY = "measured while busy: not cached"  # in a Peak's source: this value served one run only
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """A point in time for judging how busy the CPU was: wall clock, this process's CPU time (all
+    threads) and all CPUs' busy time (/proc/stat: user, nice, system, irq, softirq, steal), seconds."""
+
+    wall_s: float
+    own_cpu_s: float
+    all_busy_s: float | None  # None where /proc/stat is unreadable (not Linux)
+
+
+def cpu_sample() -> CpuSample:
+    own = time.process_time()
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+        busy = (sum(fields[0:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        busy = None
+    return CpuSample(time.perf_counter(), own, busy)
+
+
+def busy_reason(before: CpuSample, after: CpuSample, threads: int | None = None, cpus: int | None = None) -> str:
+    """Why a peak measured between two samples is not to be trusted ('' when the CPU was free enough).
+
+    Busy: other processes (and a hypervisor's steal) used more than a quarter of a CPU that the
+    matmul's threads needed, i.e. more than (cpus - threads) + 0.25 CPUs on average over the window.
+    Without /proc/stat, the 1-minute load average (which counts this process too) above half the CPUs.
+
+    >>> busy_reason(CpuSample(0, 0, 0), CpuSample(2.0, 3.9, 4.0), threads=2, cpus=2)
+    ''
+    >>> busy_reason(CpuSample(0, 0, 0), CpuSample(2.0, 2.0, 3.6), threads=2, cpus=2)
+    'other processes used 0.80 of 2 CPUs while 2 threads measured'
+    """
+    threads, cpus = threads or torch.get_num_threads(), cpus or os.cpu_count() or 1
+    wall = after.wall_s - before.wall_s
+    if before.all_busy_s is None or after.all_busy_s is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        return f"1-min load average {load:.1f} on {cpus} CPUs" if load > 0.5 * cpus else ""
+    if wall < 0.2:  # shorter than ~20 scheduler ticks: no evidence either way
+        return ""
+    other = ((after.all_busy_s - before.all_busy_s) - (after.own_cpu_s - before.own_cpu_s)) / wall
+    if other > max(0, cpus - threads) + 0.25:
+        return f"other processes used {other:.2f} of {cpus} CPUs while {threads} threads measured"
+    return ""
+
+
+def _read_cache(path: Path) -> dict:
+    """The cache's valid entries; a damaged file or entry is ignored (and rebuilt) with a note."""
+    try:
+        entries = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except OSError as e:
+        warnings.warn(f"peak cache '{path}' cannot be read ({e.strerror or e}); the peak is measured again",
+                      stacklevel=3)
+        return {}
+    except ValueError as e:  # not JSON, not UTF-8 text
+        entries, reason = {}, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+    else:
+        reason = "" if isinstance(entries, dict) else f"a JSON {type(entries).__name__}, not an object"
+        entries = entries if isinstance(entries, dict) else {}
+    good = {k: e for k, e in entries.items() if _valid_entry(e)}
+    if reason or len(good) < len(entries):
+        reason = reason or f"{len(entries) - len(good)} malformed entries"
+        warnings.warn(f"peak cache '{path}' is damaged ({reason}); ignored: the peak is measured again "
+                      f"and the cache rewritten", stacklevel=3)
+    return good
+
+
+def _valid_entry(e) -> bool:
+    try:
+        return (isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("device", "dtype", "source"))
+                and math.isfinite(float(e["flops_per_s"])) and float(e["flops_per_s"]) > 0)
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _peak(e: dict) -> Peak:
+    return Peak(e["device"], e["dtype"], float(e["flops_per_s"]), e["source"], e.get("rated_power_w"))
+
+
+def _write_cache(path: Path, entries: dict) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as e:  # a cache that cannot be written only costs a measurement next time
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        warnings.warn(f"peak cache '{path}' not written ({e.strerror or e}); the peak is measured again next "
+                      f"time (set POWERTRAIN_CACHE_DIR to a writable folder)", stacklevel=3)
+
+
 def cpu_peak(dtype: str = "fp32", cache: Path | str | None = None, refresh: bool = False) -> Peak:
     """This CPU's measured peak, from the per-machine cache or measured once (a few seconds).
 
     The cache is `<cache_dir()>/peak.json`, keyed by host, CPU model, thread count, torch
-    version and dtype. `refresh=True` measures again.
+    version and dtype. `refresh=True` measures again. A peak measured while other processes kept
+    the CPU busy (`busy_reason`) serves this call only: its source says so, and it is not cached.
     """
     path = Path(cache) if cache is not None else cache_dir() / "peak.json"
     key = _machine_key(dtype)
-    entries: dict = {}
-    if path.exists():
-        try:
-            entries = json.loads(path.read_text())
-        except (OSError, ValueError):
-            entries = {}
+    entries = _read_cache(path)
     if not refresh and key in entries:
-        e = entries[key]
-        return Peak(e["device"], e["dtype"], float(e["flops_per_s"]), e["source"], e.get("rated_power_w"))
+        return _peak(entries[key])
+    before = cpu_sample()
     peak = measure_cpu_peak(dtype)
+    reason = busy_reason(before, cpu_sample())
+    if reason:
+        return replace(peak, source=f"{peak.source}; {BUSY} ({reason}; measure again when idle)")
     entries[key] = peak.to_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    _write_cache(path, entries)
     return peak
 
 
@@ -240,11 +325,8 @@ def peak_for(device: torch.device | str, dtype: str, cache: Path | str | None = 
         if measure:
             return cpu_peak(dtype, cache)
         path = Path(cache) if cache is not None else cache_dir() / "peak.json"
-        try:
-            e = json.loads(path.read_text()).get(_machine_key(dtype))
-        except (OSError, ValueError):
-            return None
-        return Peak(e["device"], e["dtype"], float(e["flops_per_s"]), e["source"]) if e else None
+        e = _read_cache(path).get(_machine_key(dtype))
+        return _peak(e) if e else None
     return None
 
 

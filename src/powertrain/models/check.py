@@ -1,7 +1,9 @@
-"""A dry forward pass that turns shape bugs into one-line errors naming the layer and both shapes.
+"""Checks before training: a model and its data fit together, or a one-line error says why.
 
-Run on a batch of 2 in eval mode without gradients, so it consumes no random numbers and changes
-no state (BatchNorm statistics stay as they are).
+`dry_run` turns shape bugs into one-line errors naming the layer and both shapes; `check_fit` adds
+the data's own mistakes (empty splits, labels out of range) and a too narrow output layer. Both run
+on a batch of 2 in eval mode without gradients, so they consume no random numbers and change no
+state (BatchNorm statistics stay as they are).
 """
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ import re
 import torch
 from torch import nn
 
-from ..errors import PowertrainError
+from ..errors import DataError, ModelError
+
+SPLITS = ("train", "val", "test")
 
 
-class ShapeError(PowertrainError):
-    exit_code = 2
+class ShapeError(ModelError):
+    """A layer's input has the wrong shape (exit status 2)."""
 
 
 def _expects(module: nn.Module) -> str:
@@ -79,3 +83,71 @@ def dry_run(model: nn.Module, sample: torch.Tensor):
         raise ShapeError(f"{cls}: a batch of {batch} samples came out as {first.shape[0]} rows{where}; "
                          f"a reshape (view) mixes samples: flatten with x.flatten(1) and fix the layer's size")
     return out
+
+
+def check_fit(model: nn.Module, data) -> None:
+    """Raise a one-line DataError or ModelError if `model` cannot train on `data` (a DataBundle).
+
+    Checks: every split present is non-empty; the model runs on a probe batch of 2 (`dry_run`);
+    classification labels lie in [0, num_classes) (the whole label tensor of in-memory splits, the
+    probe's labels otherwise) and are integer ids; the output is wide enough for the classes
+    (multiclass: >= num_classes; language model: >= the vocabulary); regression and reconstruction
+    outputs have the target's size per sample (models with their own `compute_loss` excepted).
+
+    >>> from powertrain.data import DataBundle
+    >>> data = DataBundle.from_tensors((torch.randn(8, 4), torch.arange(8) % 3))
+    >>> check_fit(nn.Linear(4, 3), data)
+    >>> check_fit(nn.Linear(4, 2), data)
+    Traceback (most recent call last):
+    ...
+    powertrain.errors.ModelError: Linear: outputs 2 values per sample, but the data has 3 classes; make the last layer output at least 3 (e.g. nn.Linear(..., 3)), or check data.num_classes
+    """
+    for name in SPLITS:
+        split = getattr(data, name, None)
+        if split is not None and len(split) == 0:
+            raise DataError(f"data: the {name} split is empty (0 samples); every split needs at least one sample: "
+                            f"check the data files and data.val_fraction, or leave the {name} split out (None)")
+    probe = next(data.train.batches(torch.arange(min(2, len(data.train))), 2))
+    out = dry_run(model, probe[0])
+    meta, cls = data.meta, type(model).__name__
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    for name in SPLITS:
+        split = getattr(data, name, None)
+        if split is not None:
+            tensors = getattr(split, "tensors", None)
+            _check_labels(meta, name, tensors[-1] if tensors else probe[-1])
+    if not isinstance(out, torch.Tensor) or out.dim() == 0:
+        return
+    y, batch = probe[-1], len(probe[0])
+    if meta.task == "multiclass" and meta.num_classes and out.shape[-1] < meta.num_classes:
+        n = meta.num_classes
+        raise ModelError(f"{cls}: outputs {out.shape[-1]} values per sample, but the data has {n} classes; make the "
+                         f"last layer output at least {n} (e.g. nn.Linear(..., {n})), or check data.num_classes")
+    vocab = meta.extra.get("vocab_size") if meta.task == "language_model" else None
+    if vocab and out.shape[-1] < vocab:
+        raise ModelError(f"{cls}: outputs {out.shape[-1]} logits per token, but the vocabulary has {vocab} tokens; "
+                         f"set the model's vocab_size to {vocab}")
+    if getattr(model, "compute_loss", None) is not None:
+        return  # its own loss decides what the outputs mean
+    target = probe[0] if meta.task == "reconstruction" else y
+    if meta.task in ("binary", "regression", "reconstruction") and out.numel() // batch != target.numel() // batch:
+        what = {"binary": "one logit", "regression": "one value per target",
+                "reconstruction": "the input's size"}[meta.task]
+        raise ModelError(f"{cls}: outputs {out.numel() // batch} values per sample, but the {meta.task} target has "
+                         f"{target.numel() // batch}; a {meta.task} model outputs {what}: change its last layer")
+
+
+def _check_labels(meta, split: str, y: torch.Tensor) -> None:
+    if meta.task not in ("multiclass", "binary", "language_model") or y.numel() == 0:
+        return
+    n = 2 if meta.task == "binary" else meta.num_classes or meta.extra.get("vocab_size")
+    if meta.task != "binary" and y.is_floating_point():
+        raise DataError(f"data: the {split} labels are {str(y.dtype).replace('torch.', '')}, but {meta.task} labels "
+                        f"are integer class ids; convert them with y.long()")
+    if n is None:
+        return
+    lo, hi = float(y.min()), float(y.max())
+    if lo < 0 or hi >= n or (meta.task == "binary" and hi > 1):
+        hi_ok = 1 if meta.task == "binary" else n - 1
+        raise DataError(f"data: the {split} labels range over [{lo:g}, {hi:g}], but the data has {n} classes; labels "
+                        f"must lie in [0, {hi_ok}]: number the classes from 0, or raise num_classes")

@@ -75,9 +75,11 @@ def cpu_w_per_core(model_name: str | None = None, setting: float | None = None) 
     """
     if setting is not None:
         return float(setting), f"setting: {setting} W per core"
-    env = os.environ.get("POWERTRAIN_CPU_W_PER_CORE")
-    if env:
-        return float(env), f"POWERTRAIN_CPU_W_PER_CORE={env}"
+    from ...settings import cpu_w_per_core as from_env  # checked: a finite number > 0
+
+    env = from_env()
+    if env is not None:
+        return env, f"POWERTRAIN_CPU_W_PER_CORE={env:g}"
     if model_name is None:
         from ..peak import cpu_model_name
         model_name = cpu_model_name()
