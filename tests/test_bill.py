@@ -84,14 +84,11 @@ class FakeGpu(EnergyBackend):
 
 def test_measured_and_estimated_are_never_summed_unlabelled(tiny_digits):
     from powertrain import TrainConfig, Trainer, models
-    from powertrain.bill import make_bill
-    from powertrain.recipe import RunConfig
-
     meter = Meter([FakeGpu(), EstimateBackend(w_per_core=4.0)])
     model = models.build({"name": "mlp", "hidden": [8]}, tiny_digits.meta)
     t = Trainer(model, tiny_digits, TrainConfig(max_steps=3), callbacks=[], meter=meter).fit()
     t.evaluate("test")
-    bill = make_bill(t, RunConfig())
+    bill = t.bill()
     assert bill["energy"]["method"].startswith("mixed: measured:nvml + estimated:")
     assert bill["energy"]["components"]["gpu0"]["method"] == "measured:nvml"
 

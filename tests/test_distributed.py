@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 import powertrain
 from powertrain import distributed
-from powertrain.checkpoint import list_checkpoints
+from powertrain.rundir import RunDir
 from powertrain.errors import RecipeError
 from powertrain.measure import EnergyBackend
 
@@ -217,7 +217,7 @@ def losses(run_dir: Path) -> list[float]:
 
 
 def final_weights(run_dir: Path) -> dict:
-    return load_file(str(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors"))
+    return load_file(str(RunDir(run_dir).list_checkpoints()[-1] / "model.safetensors"))
 
 
 def assert_same_training(a: Path, b: Path, tol: float) -> None:
@@ -273,7 +273,7 @@ def test_only_rank_0_logs_and_writes(digits_job):
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 25))  # one writer: no step twice
     assert {p.name for p in ddp.iterdir()} == {"recipe.yaml", "env.json", "metrics.jsonl", "eval.json", "bill.json",
                                                 "checkpoints"}
-    assert [c.name for c in list_checkpoints(ddp / "checkpoints")] == ["step-00000021", "step-00000024"]
+    assert [c.name for c in RunDir(ddp).list_checkpoints()] == ["step-00000021", "step-00000024"]
     assert printed.count("run written to") == 1 and printed.count("test: loss") == 1
     assert json.loads((ddp / "env.json").read_text())["world_size"] == 2
 
@@ -316,7 +316,7 @@ def test_elastic_restart_after_sigkill_equals_uninterrupted(env, digits_job, tmp
                    "-m", "powertrain", "train", *DIGITS, "--out", str(out))
     with job(cmd, {**env, "PT_TEST_SLOW_S": "0.05"}) as proc:
         deadline = time.monotonic() + 120  # a hang guard: fail, do not wait forever, if no checkpoint ever comes
-        while not list_checkpoints(out / "checkpoints"):  # step 8 is written: kill a worker now
+        while not RunDir(out).list_checkpoints():  # step 8 is written: kill a worker now
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
             time.sleep(0.05)
         workers = [p for p in descendants(proc.pid) if "powertrain" in Path(f"/proc/{p}/cmdline").read_text()]
@@ -359,7 +359,7 @@ def test_fsdp_sharded_checkpoints_across_world_sizes(env, gpt, tmp_path):
              "train.activation_checkpointing=true", "--nproc", "2"], env)
     assert len(losses(run)) == 12
     assert_same_prefix(run, one.dir, tol=1e-4)  # 1 -> 2 processes
-    step12 = list_checkpoints(run / "checkpoints")[-1]
+    step12 = RunDir(run).list_checkpoints()[-1]
     assert step12.name == "step-00000012" and (step12 / ".metadata").is_file()
     assert len(list(step12.glob("*.distcp"))) == 2  # one shard file per rank
     with one_thread():

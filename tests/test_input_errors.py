@@ -147,6 +147,10 @@ def test_one_cache_dir_setting_for_peaks_and_datasets(monkeypatch, tmp_path):
     monkeypatch.delenv("POWERTRAIN_CACHE", raising=False)
     monkeypatch.setenv("POWERTRAIN_CACHE_DIR", str(tmp_path / "c"))
     assert settings.cache_dir() == peak.cache_dir() == mnist1d.cache_dir() == tmp_path / "c"
+    from powertrain.data.images import data_root
+
+    monkeypatch.delenv("POWERTRAIN_DATA", raising=False)
+    assert settings.data_dir() == data_root() == tmp_path / "c" / "datasets"
     monkeypatch.delenv("POWERTRAIN_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert mnist1d.cache_dir() == tmp_path / "xdg" / "powertrain"

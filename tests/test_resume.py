@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 
 import powertrain
 from powertrain import Callback
-from powertrain.checkpoint import list_checkpoints
+from powertrain.rundir import RunDir
 
 ARGS = ["train.epochs=3", "train.checkpoint_every_steps=5", "train.log_every=4"]  # digits-mlp has dropout: RNG matters
 
 
 def final_weights(run_dir: Path) -> dict:
-    return load_file(str(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors"))
+    return load_file(str(RunDir(run_dir).list_checkpoints()[-1] / "model.safetensors"))
 
 
 def same_run(a: Path, b: Path) -> None:
@@ -41,20 +41,23 @@ def reference(tmp_path_factory):
 
 
 class InterruptAt(Callback):
+    """Sends this process SIGINT (Ctrl-C) while step `step` runs."""
+
     def __init__(self, step):
         self.step = step
 
     def on_step_end(self, trainer, loss):
-        if trainer.step == self.step:
-            raise KeyboardInterrupt
+        if trainer.step == self.step - 1:  # the signal lands before step `step`; that step still finishes
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_resume_after_ctrl_c_in_process(reference, tmp_path, capsys):
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(powertrain.Interrupted) as e:
         powertrain.train("digits-mlp", ARGS, out=out, callbacks=[InterruptAt(13)])
+    assert e.value.exit_code == 130 and e.value.step == 12
     assert f"resume with: powertrain resume {out}" in capsys.readouterr().err
-    assert list_checkpoints(out / "checkpoints")[-1].name == "step-00000013"
+    assert RunDir(out).list_checkpoints()[-1].name == "step-00000012"  # at the step boundary
     powertrain.resume(out, callbacks=[])
     same_run(reference, out)
 
@@ -76,7 +79,7 @@ def slow_cli(*args):
 
 def wait_for_checkpoint(out: Path, proc, timeout=60):
     t0 = time.time()
-    while not list_checkpoints(out / "checkpoints"):
+    while not RunDir(out).list_checkpoints():
         assert proc.poll() is None, proc.communicate()
         assert time.time() - t0 < timeout, "no checkpoint appeared"
         time.sleep(0.02)
@@ -93,7 +96,7 @@ def test_resume_after_signal(reference, tmp_path, sig):
         assert proc.returncode == 130 and f"resume with: powertrain resume {out}" in err
     else:
         assert proc.returncode == -signal.SIGKILL
-    assert list_checkpoints(out / "checkpoints")[-1].name < "step-00000063"  # it really stopped mid-run
+    assert RunDir(out).list_checkpoints()[-1].name < "step-00000063"  # it really stopped mid-run
     done = subprocess.run([sys.executable, "-m", "powertrain", "resume", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -102,15 +105,14 @@ def test_resume_after_signal(reference, tmp_path, sig):
 
 KILL_IN_WRITE = """
 import os, signal, sys
-import powertrain.checkpoint as ck
 calls = {"n": 0}
-real = ck._fsync
-def dying_fsync(path):
+real = os.fsync
+def dying_fsync(fd):
     calls["n"] += 1
     if calls["n"] == int(sys.argv[1]):
         os.kill(os.getpid(), signal.SIGKILL)
-    real(path)
-ck._fsync = dying_fsync
+    real(fd)
+os.fsync = dying_fsync
 from powertrain.cli import main
 main(sys.argv[2:])
 """
@@ -118,11 +120,12 @@ main(sys.argv[2:])
 
 def test_kill_during_checkpoint_write(reference, tmp_path):
     out = tmp_path / "run"
-    # each checkpoint fsyncs 4 times (2 files, temp dir, parent); die inside the 3rd checkpoint's write
-    p = subprocess.run([sys.executable, "-c", KILL_IN_WRITE, "10", "train", "digits-mlp", *ARGS, "--out", str(out)],
+    # recipe.yaml and env.json fsync twice each (file, folder), each checkpoint 4 times (2 files, temp dir,
+    # parent): die inside the 3rd checkpoint's write
+    p = subprocess.run([sys.executable, "-c", KILL_IN_WRITE, "14", "train", "digits-mlp", *ARGS, "--out", str(out)],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == -signal.SIGKILL
-    assert [c.name for c in list_checkpoints(out / "checkpoints")] == ["step-00000005", "step-00000010"]
+    assert [c.name for c in RunDir(out).list_checkpoints()] == ["step-00000005", "step-00000010"]
     assert any(d.name.startswith(".tmp-") for d in (out / "checkpoints").iterdir())  # the half-written one
     powertrain.resume(out, callbacks=[])
     assert not any(d.name.startswith(".tmp-") for d in (out / "checkpoints").iterdir())

@@ -146,7 +146,10 @@ def train(recipe: str | Path | dict | Recipe = "mnist1d-cnn", overrides: Optiona
     except BaseException:  # bad data or model: nothing was trained, so leave no half-made run directory
         distributed.on_main(run.remove)
         raise
-    return _fit(trainer, recipe, run)
+    try:
+        return _fit(trainer, recipe, run)
+    finally:
+        run.unlock()
 
 
 # keys a resume may change: they extend or watch training; train.lr is applied to the restored optimizer
@@ -195,6 +198,14 @@ def resume(run_dir: str | Path, overrides: Optional[list[str]] = None, callbacks
     d = distributed.setup(recipe.train.strategy)
     if d.is_main:
         run.lock()
+    try:
+        return _resume(run, old, recipe, changed, callbacks)
+    finally:
+        run.unlock()
+
+
+def _resume(run: RunDir, old: Recipe, recipe: Recipe, changed: list[str], callbacks) -> Run:
+    d = distributed.setup(recipe.train.strategy)
     trainer = build_trainer(recipe, run, callbacks)
     trainer.resume()
     if changed and d.is_main:

@@ -329,56 +329,7 @@ def broadcast_module(model: nn.Module) -> None:
             dist.broadcast(t, 0)
 
 
-# ---------------------------------------------------------------- the bill: one per job
-def node_scope(backend) -> bool:
-    """Whether an energy backend reads a counter of the whole node (RAPL, NVML: read by local rank 0
-    only) rather than of this process (the CPU-seconds estimate: read, and summed, on every rank)."""
-    from .measure.energy import EstimateBackend
-
-    scope = getattr(backend, "scope", None)
-    if scope is not None:
-        return scope == "node"
-    return not isinstance(backend, EstimateBackend)
-
-
-def drop_node_counters(meter) -> None:
-    """On a rank that is not local rank 0: stop reading node-wide counters, which local rank 0 reads
-    for the whole node (CodeCarbon, which reads them on every rank, reports N times the energy)."""
-    keep = []
-    for b in meter.backends:
-        if node_scope(b):
-            b.close()
-        else:
-            keep.append(b)
-    meter.backends = keep
-
-
-def merge_meter_states(states: list[dict]) -> dict:
-    """One Meter state for the job from every rank's: time and window counts are rank 0's (wall time),
-    FLOPs, energy per component and CO2e are summed over ranks."""
-    merged = {"version": 1, "totals": {}}
-    for i, state in enumerate(states):
-        for name, t in state["totals"].items():
-            m = merged["totals"].setdefault(name, {"name": name, "count": 0, "time_s": 0.0, "flops": None,
-                                                   "co2e_g": None, "energy": {}})
-            if i == 0:
-                m["count"], m["time_s"] = t["count"], t["time_s"]
-            if t["flops"] is not None:
-                m["flops"] = (m["flops"] or 0) + t["flops"]
-            if t["co2e_g"] is not None:
-                m["co2e_g"] = (m["co2e_g"] or 0.0) + t["co2e_g"]
-            for comp, c in t["energy"].items():
-                e = m["energy"].setdefault(comp, {"energy_j": 0.0, "method": c["method"], "above_idle_j": None})
-                e["energy_j"] += c["energy_j"]
-                if c["method"] != e["method"]:
-                    from .measure import combine_methods
-
-                    e["method"] = combine_methods([e["method"], c["method"]])
-                if c.get("above_idle_j") is not None:
-                    e["above_idle_j"] = (e["above_idle_j"] or 0.0) + c["above_idle_j"]
-    return merged
-
-
+# ---------------------------------------------------------------- the job's devices
 def describe_devices(device: torch.device) -> list[dict]:
     """[{rank, node, device}] of every rank (a collective)."""
     import socket
@@ -410,8 +361,15 @@ def launch(argv: Sequence[str], nproc: int, python: Optional[str] = None) -> int
 
 
 def default_out(recipe_name: str) -> Path:
-    """The run directory a job writes when no --out is given (fixed before launching, so that every
-    restart of an elastic job resumes the same directory)."""
-    import time
+    """The run directory a job writes when no --out is given (made now, empty, so that every restart of
+    an elastic job resumes the same directory and two launches in one second get two)."""
+    from .rundir import RunDir
 
-    return Path(f"runs/{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return RunDir.default_path(recipe_name)
+
+
+def refuse_before_launch(recipe) -> None:
+    """What would fail inside torchrun, in every process, refused once before the launch."""
+    if recipe.train.strategy == "fsdp" and recipe.model.name not in ("gpt", "transformer"):
+        raise RecipeError(f"train.strategy: fsdp shards transformer blocks, and model '{recipe.model.name}' has none "
+                          f"(models gpt and transformer have); use train.strategy=ddp for it")

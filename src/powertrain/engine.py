@@ -96,7 +96,7 @@ class Trainer(TrainState):
         self._signals = Deferred()
         self.meter = Meter() if meter is None or meter is True else (meter or None)
         if self.meter and not self.dist.reads_node_counters:
-            from .distributed import drop_node_counters
+            from .measure.job import drop_node_counters
 
             drop_node_counters(self.meter)  # local rank 0 reads the node's counters for all
         self.phase_s = {"data": 0.0, "forward_backward": 0.0, "optimizer": 0.0}  # CPU: exact; CUDA: launch time

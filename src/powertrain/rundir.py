@@ -87,8 +87,7 @@ class MetricsLog:
 
     def flush(self) -> None:
         if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._file.flush()  # to the OS: a killed process loses nothing flushed
             self._flushed = time.monotonic()
 
     def close(self) -> None:

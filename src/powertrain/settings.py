@@ -3,6 +3,7 @@
   POWERTRAIN_CACHE_DIR       cache folder (measured peaks, generated datasets); default
                              $XDG_CACHE_HOME/powertrain, else ~/.cache/powertrain.
                              POWERTRAIN_CACHE is read as a deprecated alias.
+  POWERTRAIN_DATA            where image datasets are looked for; default <cache dir>/datasets.
   POWERTRAIN_CPU_W_PER_CORE  W per busy CPU core for the energy estimate (a finite number > 0);
                              default: the TDP table in measure/energy/estimate.py.
 
@@ -64,3 +65,9 @@ def cache_dir() -> Path:
     if root is not None:
         return Path(root).expanduser()
     return Path(_get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "powertrain"
+
+
+def data_dir() -> Path:
+    """$POWERTRAIN_DATA, else <cache_dir()>/datasets: where image datasets are looked for by default."""
+    root = _get("POWERTRAIN_DATA")
+    return Path(root).expanduser() if root is not None else cache_dir() / "datasets"

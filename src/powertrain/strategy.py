@@ -201,12 +201,3 @@ def make(name: str = "auto") -> Single:
     """The strategy for `train.strategy` in this environment (initialises the process group if needed)."""
     d = distributed.setup(name)
     return {"single": Single, "ddp": DDP, "fsdp": FSDP}[d.strategy](d) if d.enabled else Single(d)
-
-
-def refuse_before_launch(recipe_model: nn.Module, strategy: str) -> None:
-    """What would fail inside torchrun, refused before the launch: FSDP on a model with no transformer blocks."""
-    if strategy == "fsdp" and not distributed.blocks(recipe_model):
-        from .errors import RecipeError
-
-        raise RecipeError(f"train.strategy: fsdp shards transformer blocks, and model {type(recipe_model).__name__} "
-                          f"has none; use train.strategy=ddp for it")

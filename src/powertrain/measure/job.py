@@ -11,6 +11,29 @@ from typing import Optional
 from .meter import Meter, WindowTotals
 
 
+def node_scope(backend) -> bool:
+    """Whether an energy backend reads a counter of the whole node (RAPL, NVML: read by local rank 0
+    only) rather than of this process (the CPU-seconds estimate: read, and summed, on every rank)."""
+    from .energy import EstimateBackend
+
+    scope = getattr(backend, "scope", None)
+    if scope is not None:
+        return scope == "node"
+    return not isinstance(backend, EstimateBackend)
+
+
+def drop_node_counters(meter) -> None:
+    """On a rank that is not local rank 0: stop reading node-wide counters, which local rank 0 reads
+    for the whole node (CodeCarbon, which reads them on every rank, reports N times the energy)."""
+    keep = []
+    for b in meter.backends:
+        if node_scope(b):
+            b.close()
+        else:
+            keep.append(b)
+    meter.backends = keep
+
+
 def merge_meter_states(states: list[dict]) -> dict:
     """One Meter state for the job from every rank's `Meter.state_dict()`."""
     from . import combine_methods
