@@ -58,7 +58,7 @@ def build_trainer(recipe: Recipe, run: Optional[RunDir], callbacks=None, *, teac
     meter = Meter(carbon=carbon_model(recipe.run))
     if recipe.run.idle_baseline_s:
         meter.measure_idle(recipe.run.idle_baseline_s)
-    kwargs = dict(run_dir=run.path if run is not None and writes else None, callbacks=callbacks,
+    kwargs = dict(run_dir=run if run is not None and writes else None, callbacks=callbacks,
                   seed=recipe.run.seed, meter=meter)
     kd = recipe.train.distill
     if kd is not None and teacher:

@@ -50,7 +50,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 class Trainer(TrainState):
     def __init__(self, model: nn.Module, data: DataBundle, config: Optional[TrainConfig] = None, *,
-                 run_dir: Optional[str | Path] = None, callbacks: Optional[Iterable[Callback]] = None,
+                 run_dir: Optional[str | Path | RunDir] = None, callbacks: Optional[Iterable[Callback]] = None,
                  seed: int = 0, meter: Optional[Meter | bool] = None):
         """`run_dir` receives metrics.jsonl, checkpoints, eval.json and bill.json (None: keep nothing on
         disk); `callbacks` defaults to a progress display; `meter` measures time, FLOPs and energy
@@ -83,7 +83,7 @@ class Trainer(TrainState):
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" and self.device.type == "cuda" else None
         shared = self.strategy.share_path(Path(run_dir) if run_dir is not None else None)
-        self.run = RunDir(shared) if shared is not None else None  # every rank knows it; rank 0 writes
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(shared) if shared is not None else None
         self.callbacks = ([Progress()] if self.dist.is_main else []) if callbacks is None else list(callbacks)
         self.step = 0  # optimizer steps done; epoch and position within it derive from it
         self.stop_reason: Optional[str] = None
@@ -93,6 +93,7 @@ class Trainer(TrainState):
         self.last_checkpoint: Optional[Path] = None
         self._stopped_epochs: list = []  # epoch windows stopped, not yet accounted (see _epoch_window)
         self._epoch_start_step: Optional[int] = None
+        self._epoch_carry: Optional[dict] = None  # an epoch window cut by a signal: {"start", time_s, flops, energy_j}
         self._signals = Deferred()
         self.meter = Meter() if meter is None or meter is True else (meter or None)
         if self.meter and not self.dist.reads_node_counters:
@@ -106,6 +107,7 @@ class Trainer(TrainState):
         self.results: Optional[dict] = None  # eval.json and bill.json's content, once `finish` ran
         self.final_bill: Optional[dict] = None
         self.finish_after_fit = True  # a pruning trainer evaluates after removing its masks instead
+        self._owns_lock = False
 
     @property
     def run_dir(self) -> Optional[Path]:
@@ -194,7 +196,7 @@ class Trainer(TrainState):
         if self.meter:
             self.meter.begin("fit")
         self._in_fit = True
-        self._metrics = self.run.metrics_log() if self.run is not None and self.dist.is_main else MetricsLog(None)
+        self._metrics = self._open_run() if self.run is not None and self.dist.is_main else MetricsLog(None)
         self._metrics.open()  # kept open during fit: a line costs a write, not an open
         for cb in self.callbacks:
             cb.on_fit_start(self)
@@ -202,22 +204,42 @@ class Trainer(TrainState):
             with self._signals:
                 while self.stop_reason is None and self.step < self.total_steps:
                     self._train_epoch()
+            self._end_fit()
+            if self.stop_reason == "interrupted":
+                raise Interrupted(self._signals.received, self.step, self.last_checkpoint)
+            self.stop_reason = self.stop_reason or "completed"
+            if self.run is not None and self.finish_after_fit:
+                self.finish()
         finally:
-            self._in_fit = False
-            self._epoch_window(begin=False)  # an epoch cut short by an exception
-            if self.meter:
-                self._account_epochs()
-                self.meter.end("fit", flops=self.train_flops(self._fit_start_step, self.step))
-            self._metrics.close()
-            for cb in self.callbacks:
-                cb.on_fit_end(self)
-        if self.stop_reason == "interrupted":
-            raise Interrupted(self._signals.received, self.step, self.last_checkpoint)
-        if self.stop_reason is None:
-            self.stop_reason = "completed"
-        if self.run is not None and self.finish_after_fit:
-            self.finish()
+            self._end_fit()
+            if self._owns_lock:
+                self.run.unlock()
         return self
+
+    def _end_fit(self) -> None:
+        """Close the windows and files of fit (once; also when an exception ends it)."""
+        if not self._in_fit:
+            return
+        self._in_fit = False
+        self._epoch_window(begin=False)  # an epoch cut short by an exception
+        if self.meter:
+            self._account_epochs()
+            self.meter.end("fit", flops=self.train_flops(self._fit_start_step, self.step))
+        self._metrics.close()
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+
+    def _open_run(self) -> MetricsLog:
+        """The run directory, made if needed (env.json: what this ran on), its lock held by this process."""
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        self._owns_lock = self.run._lock_fd is None  # api.train holds it already; a rung-2 run takes it here
+        self.run.lock()
+        if not self.run.env_file.exists():
+            from .atomic import write_json
+            from .hardware import environment
+
+            write_json(self.run.env_file, environment(self.device))
+        return self.run.metrics_log()
 
     def _train_epoch(self) -> None:
         epoch, start = divmod(self.step, self.steps_per_epoch)
@@ -283,13 +305,21 @@ class Trainer(TrainState):
 
     def _account_epochs(self) -> None:
         """Each stopped epoch window -> metrics.jsonl {"step", "epoch", "window": "epoch", time_s, flops,
-        energy_j, ...} ("partial": started or stopped mid-epoch); the Meter's totals then include them."""
+        energy_j, ...} ("partial": started or stopped mid-epoch); the Meter's totals then include them.
+        An epoch cut by a signal is carried in the checkpoint and logged, whole, by the resumed run."""
         stopped, self._stopped_epochs = self._stopped_epochs, []
         for s, start, end in stopped:
             w = self.meter.account(s, flops=self.train_flops(start, end))
-            flops, energy_j = self.strategy.reduce([w.flops or 0, w.energy_j], self.device)  # the job's
-            self.log({"step": end, "epoch": max(end - 1, 0) // self.steps_per_epoch + 1, "window": "epoch",
-                      "time_s": w.time_s, "flops": int(flops), "energy_j": energy_j, "energy_method": w.energy_method,
+            flops, energy_j = self.strategy.reduce([w.flops or 0, w.energy_j or 0.0], self.device)  # the job's
+            part = {"time_s": w.time_s, "flops": int(flops), "energy_j": energy_j}
+            if self._epoch_carry:  # the part of this epoch before a signal stopped the run
+                carry, self._epoch_carry = self._epoch_carry, None
+                start, part = carry["start"], {k: part[k] + carry[k] for k in part}
+            if self.stop_reason == "interrupted" and end % self.steps_per_epoch:
+                self._epoch_carry = {"start": start, **part}
+                continue
+            self.log({"step": end, "epoch": max(end - 1, 0) // self.steps_per_epoch + 1, "window": "epoch", **part,
+                      "energy_method": w.energy_method,
                       "partial": start % self.steps_per_epoch != 0 or end % self.steps_per_epoch != 0})
 
     # ------------------------------------------------------------ FLOPs (counted once per shape)

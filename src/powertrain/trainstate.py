@@ -26,7 +26,7 @@ class TrainState:
             **self.strategy.gather_rng(),
             "trainer": {"best": self.best, "bad_evals": self._bad_evals, "loss_sum": self._loss_sum,
                         "loss_n": self._loss_n, "stop_reason": self.stop_reason, "phase_s": dict(self.phase_s),
-                        "eval_samples": self.eval_samples},
+                        "eval_samples": self.eval_samples, "epoch_carry": self._epoch_carry},
             "meter": self._meter_state(),
         }
 
@@ -60,6 +60,7 @@ class TrainState:
         reason = t["stop_reason"]  # early stopping stays decided; a completed run may be extended; a signal is over
         self.stop_reason = reason if str(reason).startswith("early stop") else None
         self.phase_s, self.eval_samples = dict(t["phase_s"]), dict(t["eval_samples"])
+        self._epoch_carry = t.get("epoch_carry")
         if self.meter and state.get("meter") and self.dist.is_main:
             self.meter.load_state_dict(state["meter"])
 
