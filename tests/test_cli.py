@@ -62,7 +62,7 @@ def test_eval_refuses_bad_run_dirs(tmp_path, xor_run):
     for ck in (damaged / "checkpoints").glob("step-*/model.safetensors"):
         ck.write_bytes(b"\x00" * 20)
     p = run("eval", str(damaged))
-    assert p.returncode == 2 and "unreadable" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "is damaged" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_train_refuses_existing_run_dir(xor_run):
