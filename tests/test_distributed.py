@@ -271,7 +271,7 @@ def test_only_rank_0_logs_and_writes(digits_job):
     assert "open" in rank0.read_text() and not rank1.exists()  # rank 1 never touched the run directory
     records = [json.loads(line) for line in (ddp / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 25))  # one writer: no step twice
-    assert {p.name for p in ddp.iterdir()} == {"recipe.yaml", "env.json", "metrics.jsonl", "eval.json", "bill.json",
+    assert {p.name for p in ddp.iterdir()} == {"recipe.yaml", "env.json", "metrics.jsonl", "eval.json", "bill.json", ".lock",
                                                 "checkpoints"}
     assert [c.name for c in RunDir(ddp).list_checkpoints()] == ["step-00000021", "step-00000024"]
     assert printed.count("run written to") == 1 and printed.count("test: loss") == 1

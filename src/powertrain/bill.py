@@ -6,14 +6,12 @@ is estimated says so, and a sum of measured and estimated parts is labelled 'mix
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from .measure import CarbonModel, cpu_w_per_core, grid_intensity, mfu, peak_for, peak_memory
+from .measure import CarbonModel, Meter, cpu_w_per_core, grid_intensity, mfu, peak_for, peak_memory
 from .recipe import RunConfig
 
 PRECISION_DTYPE = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
@@ -85,7 +83,7 @@ def _components(*windows) -> tuple[dict, Optional[float], Optional[str]]:
             combine_methods(c["method"] for c in components.values()))
 
 
-def make_bill(meter: "Meter | dict", record: BillRecord, described: "Meter | None" = None) -> dict:
+def make_bill(meter: Meter | dict, record: BillRecord, described: Optional[Meter] = None) -> dict:
     """The bill, as a JSON-able dict, from a Meter (or its `totals()`) and a `BillRecord`. Windows it
     reads: 'fit' (training, incl. in-fit 'eval' and 'checkpoint'), 'final_eval' (J per inference sample).
 
@@ -96,8 +94,6 @@ def make_bill(meter: "Meter | dict", record: BillRecord, described: "Meter | Non
     >>> make_bill(m, BillRecord(params=100, steps=1, samples_trained=32))["flops"]["train_total"]
     1000000000
     """
-    from .measure import Meter
-
     totals = meter.totals() if isinstance(meter, Meter) else dict(meter)
     described = described if described is not None else (meter if isinstance(meter, Meter) else None)
     device = record.device if isinstance(record.device, torch.device) else torch.device(record.device)

@@ -24,7 +24,6 @@ loaded are the model's `pretrained_names`, the backbone that `train.backbone_lr_
 """
 from __future__ import annotations
 
-import json
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Optional
