@@ -39,7 +39,7 @@ def test_tabular_normalises_per_column():
 def test_mnist1d_matches_the_package_and_its_cache(tmp_path, monkeypatch):
     from mnist1d.data import get_dataset_args, make_dataset
 
-    monkeypatch.setenv("POWERTRAIN_CACHE", str(tmp_path))
+    monkeypatch.setenv("POWERTRAIN_CACHE_DIR", str(tmp_path))
     ref = make_dataset(get_dataset_args())
     for _ in range(2):  # generated, then read from the cache
         b = data.build({"name": "mnist1d", "normalize": False, "val_fraction": 0.0}, seed=0)

@@ -209,3 +209,13 @@ def test_sigterm_checkpoints_at_a_step_boundary(reference, tmp_path):
     powertrain.resume(tmp_path / "run", callbacks=[])
     assert same_weights(weights(tmp_path / "run"), weights(reference))
     assert metrics_lines(tmp_path / "run") == metrics_lines(reference)
+
+
+def test_fsdp_on_a_model_without_blocks_is_refused_before_launch(monkeypatch, capsys):
+    from powertrain import distributed
+    from powertrain.cli import main
+
+    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("launched"))
+    assert main(["train", "digits-mlp", "--nproc", "2", "train.strategy=fsdp"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.strategy: fsdp" in err and "ddp" in err

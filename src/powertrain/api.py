@@ -128,6 +128,7 @@ def train(recipe: str | Path | dict | Recipe = "mnist1d-cnn", overrides: Optiona
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     recipe = with_parent(recipe)
+    distributed.setup(recipe.train.strategy)  # under torchrun: join the group, so that rank 0 alone creates the run
     out = out or recipe.run.out
     if distributed.elastic_restart_count() and out:
         if distributed.on_main(lambda: RunDir(out).recipe_file.is_file()):

@@ -114,7 +114,7 @@ def save_sharded(folder: Path, model: torch.nn.Module, optimizer, state: dict, i
 
     from .distributed import broadcast_object
 
-    tmp = Path(broadcast_object(str(folder.with_name(f".tmp-{folder.name}-{os.getpid()}")) if is_main else None))
+    tmp = Path(broadcast_object(str(folder.with_name(f".dcp-{folder.name}-{os.getpid()}")) if is_main else None))
     if is_main:
         import shutil
 

@@ -31,10 +31,11 @@ def cmd_train(args) -> int:
     if "=" in recipe:  # `powertrain train train.lr=1e-3`: an override of the default recipe
         recipe, overrides = "mnist1d-cnn", [recipe, *overrides]
     if args.nproc:  # torchrun starts N processes that run this command without --nproc
-        from .distributed import default_out, launch
+        from .distributed import default_out, launch, refuse_before_launch
         from .recipe import load_recipe
 
         r = load_recipe(recipe, overrides)  # a bad recipe fails here, once, not in N processes
+        refuse_before_launch(r)
         out = args.out or r.run.out or str(default_out(r.name))  # fixed now: restarts resume the same folder
         return launch(["train", recipe, *overrides, "--out", out], args.nproc)
     _print_results(train(recipe, overrides, out=args.out))
@@ -51,9 +52,10 @@ def cmd_distill(args) -> int:
     raw["train"]["distill"] = {**(raw["train"].get("distill") or {}), "teacher": args.teacher}
     kd += [f"train.distill.{k}={v}" for k, v in (("alpha", args.alpha), ("temperature", args.temperature)) if v is not None]
     if args.nproc:  # as `train --nproc`: validated here once, then N processes run this command without --nproc
-        from .distributed import default_out, launch
+        from .distributed import default_out, launch, refuse_before_launch
 
         r = parse_recipe(apply_overrides(raw, kd))
+        refuse_before_launch(r)
         out = args.out or r.run.out or str(default_out(r.name))
         flags = [f"--{k}={v}" for k, v in (("alpha", args.alpha), ("temperature", args.temperature)) if v is not None]
         return launch(["distill", "--teacher", args.teacher, args.recipe, *args.overrides, *flags, "--out", out,
@@ -335,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # disk full, read-only, not a folder, permission denied, ...
         print(f"powertrain: error: {os_error_message(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # Interrupted: 130 for SIGINT, 143 for SIGTERM (checkpoint saved, resume printed)
+        return getattr(e, "exit_code", 130)
 
 
 if __name__ == "__main__":

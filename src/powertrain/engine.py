@@ -37,7 +37,7 @@ from .data.augment import augment_batch
 from .errors import NonFiniteLoss, RecipeError, RunDirError
 from .hardware import resolve_device, resolve_precision
 from .measure import Meter
-from .models.check import dry_run
+from .models.check import check_fit
 from .optim import build_optimizer, build_scheduler, freeze, param_groups
 from .recipe import TrainConfig
 from .rundir import MetricsLog, RunDir
@@ -115,8 +115,7 @@ class Trainer(Outcome, TrainState):
 
     def _check_fit(self) -> None:
         """Data and model errors fail here, naming sizes and layers, not deep inside a step."""
-        probe = next(self.data.train.batches(torch.arange(min(2, len(self.data.train))), 2))
-        dry_run(self.model, probe[0])
+        check_fit(self.model, self.data)
         es = self.cfg.early_stop
         if es is not None:
             from .metrics import metric_names

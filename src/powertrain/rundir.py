@@ -137,7 +137,7 @@ class RunDir:
         """Keep the newest `keep` checkpoints; remove temp folders left by killed writes."""
         for old in self.list_checkpoints()[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-        for stale in self.checkpoints.glob(".tmp-*"):
+        for stale in [*self.checkpoints.glob(".tmp-*"), *self.checkpoints.glob(".dcp-*")]:
             if not stale.name.endswith(f"-{os.getpid()}"):
                 shutil.rmtree(stale, ignore_errors=True)
         for stale in self.checkpoints.glob(".old-*"):
@@ -166,23 +166,27 @@ class RunDir:
         path = Path(out) if out else cls.default_path(recipe.name)
         if path.exists() and not path.is_dir():
             raise RunDirError(f"--out '{path}' is a file; pass a folder (new or empty)")
-        made = not path.exists() or not any(path.iterdir())
-        if not made:
+        if path.exists() and any(path.iterdir()):
             if (path / "recipe.yaml").exists():
                 raise RunDirError(f"run directory '{path}' already holds a run; continue it with "
                                   f"`powertrain resume {path}` or pass another --out")
             raise RunDirError(f"--out '{path}' is a non-empty folder that is not a run; pass a new or empty folder")
-        run = cls(path)
+        existed = out is not None and path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path).lock()  # a second writer stops here, and leaves the folder to its holder
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            run.lock()
             run.checkpoints.mkdir(exist_ok=True)
             run.write_recipe(recipe)
             write_json(run.env_file, env)
             if derived is not None:
                 write_json(run.derived_file, derived)
         except BaseException:
-            run.remove()
+            if existed:  # an empty folder the user gave: keep it, empty
+                run.unlock()
+                for p in path.iterdir():
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            else:
+                run.remove()
             raise
         return run
 

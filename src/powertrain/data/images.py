@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import importlib
-import os
 import pickle
 import struct
 import zlib
@@ -30,12 +29,13 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from . import DATASETS, DataBundle, DataMeta, DataOptions, LoaderSplit, holdout
 from .augment import AugmentOptions, check_augment
-from .mnist1d import cache_dir
 
 
 def data_root() -> Path:
     """Where downloaded datasets are looked for by default: $POWERTRAIN_DATA, else ~/.cache/powertrain/datasets."""
-    return Path(os.environ.get("POWERTRAIN_DATA") or cache_dir() / "datasets")
+    from ..settings import data_dir
+
+    return data_dir()
 
 
 class ImageOptions(DataOptions):
