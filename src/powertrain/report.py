@@ -15,12 +15,11 @@ the model's size on disk, where quantization shows.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 from .errors import RunDirError
-from .rundir import open_run
+from .rundir import RunDir
 
 
 LOWER_IS_BETTER = ("loss", "mse", "mae", "elbo_nll", "nll", "perplexity", "bits_per_char")
@@ -41,10 +40,11 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = Tru
 COSTS = ("time_s", "train_flops", "energy_j", "co2e_g")  # summed along a derived run's parents
 
 
-def _read_json(path: Path) -> Optional[dict]:
+def _read(path: Path, name: str) -> Optional[dict]:
+    """One of a run's JSON files, or None when it is missing or damaged (a parent may be gone)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return RunDir(path).read(name, required=False)
+    except RunDirError:
         return None
 
 
@@ -56,16 +56,12 @@ def _costs(bill: dict) -> dict:
 def _parent_info(path: Path) -> Optional[dict]:
     """{"parent", "method", "settings"} of a derived run: derived.json (prune, quantize) or the recipe's
     run.parent (distill, fine-tune); None for a run trained from scratch."""
-    derived = _read_json(path / "derived.json")
+    derived = _read(path, "derived")
     if derived:
         return derived
     try:
-        import yaml
-
-        raw = yaml.safe_load((path / "recipe.yaml").read_text())
-    except (FileNotFoundError, ValueError):  # yaml's errors are ValueErrors
-        return None
-    if not isinstance(raw, dict):
+        raw = RunDir(path).raw_recipe()
+    except (OSError, RunDirError):
         return None
     run, train, model = (raw.get(k) or {} for k in ("run", "train", "model"))
     if not run.get("parent"):
@@ -88,11 +84,12 @@ def _method_label(derived: dict) -> str:
 
 def _weights_bytes(path: Path, derived: Optional[dict]) -> Optional[int]:
     """Size on disk of the model's weights: the int8 file of a quantized run, else the newest checkpoint's."""
-    if derived and derived.get("method") == "quantize":
-        f = path / "checkpoints" / "quantized.safetensors"
-        return f.stat().st_size if f.is_file() else None
-    found = sorted((path / "checkpoints").glob("step-*/model.safetensors"))
-    return found[-1].stat().st_size if found else None
+    try:
+        f = RunDir(path).final_weights()
+    except RunDirError:
+        return None
+    f = f / "model.safetensors" if f.is_dir() else f
+    return f.stat().st_size if f.is_file() else None
 
 
 def _lineage_costs(path: Path, derived: dict, own: dict) -> tuple[dict, Optional[str]]:
@@ -100,7 +97,7 @@ def _lineage_costs(path: Path, derived: dict, own: dict) -> tuple[dict, Optional
     total, seen, info = dict(own), {path.resolve()}, derived
     while info and info.get("parent"):
         parent = Path(info["parent"])
-        bill = _read_json(parent / "bill.json")
+        bill = _read(parent, "bill")
         if parent.resolve() in seen or bill is None:
             return own, f"parent '{parent}' has no readable bill: own cost only"
         seen.add(parent.resolve())
@@ -112,12 +109,10 @@ def _lineage_costs(path: Path, derived: dict, own: dict) -> tuple[dict, Optional
 
 def load_row(run_dir: str | Path, metric: str = "accuracy", split: str = "test") -> dict:
     """One run's comparable numbers from eval.json and bill.json (and derived.json, for a derived run)."""
-    path, recipe = open_run(run_dir)
-    try:
-        ev = json.loads((path / "eval.json").read_text())
-    except FileNotFoundError:
-        raise RunDirError(f"'{path}' has no eval.json: the run did not finish; `powertrain resume {path}`") from None
-    bill = json.loads((path / "bill.json").read_text()) if (path / "bill.json").exists() else {}
+    run = RunDir.open(run_dir)
+    path, recipe = run.path, run.recipe()
+    ev = run.read("eval")  # missing: the run did not finish (a one-line error saying to resume it)
+    bill = run.read("bill", required=False) or {}
     value = ev.get(split, {}).get(metric)
     if value is None:
         have = ", ".join(k for k, v in ev.get(split, {}).items() if isinstance(v, float))
