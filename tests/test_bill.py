@@ -9,7 +9,7 @@ import pytest
 
 import powertrain
 from powertrain import Callback
-from powertrain.measure import EnergyBackend, EnergyReading, EstimateBackend, Meter
+from powertrain.measure import EnergyBackend, EstimateBackend, Meter
 from powertrain.plan import chinchilla, plan
 from powertrain.report import pareto_front
 

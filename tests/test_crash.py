@@ -212,7 +212,8 @@ def reference(tmp_path_factory):
 def draw_moments(ref: dict) -> tuple[list[dict], list[dict]]:
     """(20 SIGKILL moments, 10 SIGINT/SIGTERM moments) from the seeded RNG, stratified so that every draw
     covers the places where resume goes wrong: right after a checkpoint (some at an epoch end), in an
-    fsync and in the rename/replace that publishes a checkpoint, a signal in a step that evaluates or saves."""
+    fsync and in the rename/replace that publishes a checkpoint, a signal in a step that evaluates or saves
+    and just after an epoch end."""
     rng = random.Random(SEED)
     last, io = ref["step"], ref["io_log"]
     saves = sorted({step for _, step in io})  # steps that wrote a checkpoint (and best.safetensors)
@@ -223,11 +224,17 @@ def draw_moments(ref: dict) -> tuple[list[dict], list[dict]]:
     renames = [n for n, (fn, _) in enumerate(io, 1) if fn != "fsync"]
     picks = rng.sample(fsyncs, N_IN_WRITE - N_IN_WRITE // 2) + rng.sample(renames, min(N_IN_WRITE // 2, len(renames)))
     kills += [{"kind": "io", "n": n, "when": rng.choice(["before", "after"])} for n in sorted(picks)]
+    # steps after an epoch end (one that saved, one that did not), before the next save: the epoch's
+    # window line may still be unwritten there
+    after = {True: [], False: []}
+    for e in range(ref["spe"], last, ref["spe"]):
+        after[e in saves] += range(e + 1, min([s for s in saves if s > e] + [last]))
     sigs = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        at_save = rng.sample([s for s in saves if s < last], 2)
-        ks = at_save + rng.sample([k for k in range(1, last) if k not in at_save], N_PER_SIGNAL - 2)
-        for i, k in enumerate(sorted(ks)):
+        ks = rng.sample([s for s in saves if s < last], 2)
+        ks += [rng.choice(group) for group in after.values() if group]
+        ks += rng.sample([k for k in range(1, last) if k not in ks], N_PER_SIGNAL - len(set(ks)))
+        for i, k in enumerate(sorted(set(ks))):
             sigs.append({"kind": "signal", "sig": int(sig), "k": k, "entry": "cli" if i % 2 == 0 else "api"})
     return kills, sigs
 

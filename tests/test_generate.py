@@ -34,7 +34,7 @@ def lm_run(tmp_path_factory):
 def hand_greedy(run_dir, prompt: str, n: int) -> str:
     """Greedy decoding with a GPT rebuilt from the newest checkpoint and the corpus' sorted characters."""
     itos = sorted(set(TEXT))
-    meta = DataMeta((T,), "language_model", extra={"vocab_size": len(itos), "input_dtype": torch.long})
+    meta = DataMeta((T,), "language_model", vocab_size=len(itos), input_dtype=torch.long)
     net = models.build(MODEL, meta).eval()
     newest = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
     load_model(net, str(newest / "model.safetensors"))
@@ -134,7 +134,7 @@ def test_cli_refuses_runs_it_cannot_generate_from(lm_run, xor_run, tmp_path, cap
 def test_gpt_stdlib_recipe_trains_and_generates(tmp_path, capsys):
     run = powertrain.train("gpt-stdlib", ["data.max_chars=200000", "train.max_steps=2"], out=tmp_path / "g",
                            callbacks=[])
-    vocab = run.trainer.data.meta.extra["vocab"]
+    vocab = run.trainer.data.meta.vocab
     assert run.trainer.data.meta.extra["source"] == sysconfig.get_paths()["stdlib"]
     assert run.metrics["step"] == 2 and run.metrics["stop_reason"] == "completed"
     assert "test" not in run.metrics  # test_fraction 0: the val tail is the only held-out text

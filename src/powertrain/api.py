@@ -48,8 +48,8 @@ def build_trainer(recipe: Recipe, run: Optional[RunDir], callbacks=None, *, teac
     torch.manual_seed(recipe.run.seed)
     bundle = data.build(recipe.data.model_dump(), seed=recipe.run.seed)
     main = distributed.setup(recipe.train.strategy).is_main
-    if run is not None and main and bundle.meta.extra.get("vocab") is not None:
-        run.keep_vocab(bundle.meta.extra["vocab"])
+    if run is not None and main and bundle.meta.vocab is not None:
+        run.keep_vocab(bundle.meta.vocab)
     model = models.build(recipe.model.model_dump(), bundle.meta)
     if recipe.model.init_from:
         from . import transfer
@@ -152,10 +152,12 @@ def train(recipe: str | Path | dict | Recipe = "mnist1d-cnn", overrides: Optiona
         run.unlock()
 
 
-# keys a resume may change: they extend or watch training; train.lr is applied to the restored optimizer
+# keys a resume may change: they extend or watch training, or say where and how it runs (not what it
+# computes); train.lr is applied to the restored optimizer
 RESUMABLE = ("train.epochs", "train.max_steps", "train.eval_every_steps", "train.eval_every_epochs",
              "train.checkpoint_every_steps", "train.keep_checkpoints", "train.early_stop", "train.log_every",
-             "train.lr", "run.region", "run.pue", "run.price_per_kwh", "run.idle_baseline_s")
+             "train.lr", "train.strategy", "train.activation_checkpointing", "train.compile", "train.device",
+             "train.eval_batch_size", "run.region", "run.pue", "run.price_per_kwh", "run.idle_baseline_s")
 
 
 def _changed(old, new, prefix="") -> list[str]:

@@ -221,10 +221,10 @@ def load_teacher(run_dir: str | Path, student: Recipe, student_meta) -> tuple[nn
                           f"student's data has task {student_meta.task} with {student_meta.num_classes}; "
                           f"distil from a teacher trained on the same classes")
     if student_meta.task == "language_model":
-        ours, theirs = student_meta.extra.get("itos"), meta.extra.get("itos")
-        if student_meta.extra.get("vocab_size") != meta.extra.get("vocab_size") or ours != theirs:
-            raise RecipeError(f"{what}: '{path}' uses another vocabulary ({meta.extra.get('vocab_size')} tokens) than "
-                              f"the student ({student_meta.extra.get('vocab_size')}); teacher and student need the "
+        ours, theirs = (getattr(m.vocab, "itos", None) for m in (student_meta, meta))
+        if student_meta.vocab_size != meta.vocab_size or ours != theirs:
+            raise RecipeError(f"{what}: '{path}' uses another vocabulary ({meta.vocab_size} tokens) than "
+                              f"the student ({student_meta.vocab_size}); teacher and student need the "
                               f"same tokenizer: give the student the teacher's data section")
     with torch.random.fork_rng(devices=[]):  # the student's dropout and augmentation draws stay as without a teacher
         model = models.build(recipe.model.model_dump(), meta)

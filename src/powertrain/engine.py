@@ -63,7 +63,7 @@ class Trainer(Outcome, TrainState):
         self.precision = resolve_precision(cfg.precision, self.device)
         self.data = data.to(self.device)
         self.task, self.num_classes = data.meta.task, data.meta.num_classes
-        self._augment = data.meta.extra.get("augment")
+        self._augment = data.meta.augment
         self.model = model.to(self.device)
         if cfg.freeze:  # before wrapping and FLOP counting: frozen weights get no gradient
             freeze(self.model, cfg.freeze)

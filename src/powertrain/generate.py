@@ -44,7 +44,7 @@ def generate(run_dir: str | Path, prompt: str = "\n", max_new_tokens: int = 500,
         raise RunDirError(f"'{run.path}' trained model '{recipe.model.name}' on data '{recipe.data.name}'; generating "
                           f"text needs a language model (model gpt) on a text dataset, such as the gpt-stdlib recipe")
     trainer = load_trainer(run)  # its final weights; a distilled GPT: no teacher needed
-    model, vocab = trainer.model, trainer.data.meta.extra.get("vocab")
+    model, vocab = trainer.model, trainer.data.meta.vocab
     model.eval()
     idx = vocab.encode(prompt).to(trainer.device)  # a character outside the corpus is a DataError naming it
     g = torch.Generator(device=trainer.device).manual_seed(seed)

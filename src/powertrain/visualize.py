@@ -2,10 +2,10 @@
 
 >>> from powertrain import visualize
 >>> visualize.reconstruction_grid(run.trainer.model, run.trainer.data, run.dir / "reconstructions.png")  # doctest: +SKIP
->>> visualize.sample_grid(vae, run.dir / "samples.png", normalization=bundle.meta.extra.get("normalization"))  # doctest: +SKIP
+>>> visualize.sample_grid(vae, run.dir / "samples.png", normalization=bundle.meta.normalization)  # doctest: +SKIP
 >>> visualize.run_figures(run.trainer, run.dir)  # both, as fits the model  # doctest: +SKIP
 
-Images are shown in pixel units: a dataset that standardised them (`meta.extra["normalization"]`,
+Images are shown in pixel units: a dataset that standardised them (`meta.normalization`,
 per-channel mean and std in [0, 1] pixel units) is un-normalised with `x * std + mean`, then clipped
 to [0, 1]. Samples that are not (C, H, W) images with C in {1, 3} are shown as the nearest square.
 """
@@ -93,7 +93,7 @@ def reconstruction_grid(model: nn.Module, data, path: str | Path, n: int = 10, s
     finally:
         model.train(was_training)
     out = out[0] if isinstance(out, (tuple, list)) else out
-    norm = data.meta.extra.get("normalization")
+    norm = data.meta.normalization
     mse = float(((out.reshape(x.shape) - x) ** 2).mean())
     how = " (decoded posterior mean)" if hasattr(model, "reconstruct") else ""
     return _save_grid([_to_pixels(x, norm), _to_pixels(out.reshape(x.shape), norm)], path,
@@ -128,5 +128,5 @@ def run_figures(trainer, run_dir: str | Path) -> list[Path]:
     written = [reconstruction_grid(trainer.model, trainer.data, run_dir / "reconstructions.png")]
     if hasattr(trainer.model, "sample"):
         written.append(sample_grid(trainer.model, run_dir / "samples.png",
-                                   normalization=trainer.data.meta.extra.get("normalization")))
+                                   normalization=trainer.data.meta.normalization))
     return written

@@ -37,7 +37,7 @@ def test_cifar_normalises_per_channel_with_train_statistics(tmp_path):
     x, _ = all_of(b.train)
     assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
     assert torch.allclose(x.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
-    assert len(b.meta.extra["normalization"]["mean"]) == 3
+    assert len(b.meta.normalization["mean"]) == 3
 
 
 def test_cifar_class_names_from_batches_meta(tmp_path):

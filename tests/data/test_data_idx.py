@@ -47,7 +47,7 @@ def test_normalisation_statistics_come_from_the_train_split_only(tmp_path):
         (tmp_path / (p + ".gz")).write_bytes(gzip.compress(idx_bytes(np.full_like(images, 255))))
     b = data.build({"name": "fashion-mnist", "path": str(tmp_path), "val_fraction": 0.25}, seed=3)
     train_u8 = b.train.images.double() / 255  # the train split after the val hold-out
-    mean, std = b.meta.extra["normalization"]["mean"][0], b.meta.extra["normalization"]["std"][0]
+    mean, std = b.meta.normalization["mean"][0], b.meta.normalization["std"][0]
     assert mean == pytest.approx(train_u8.mean().item(), abs=1e-6)
     assert std == pytest.approx(train_u8.std(unbiased=False).item(), abs=1e-6)
     all_train = torch.from_numpy(written["train"][0]).double() / 255
@@ -99,7 +99,7 @@ def test_trains_through_the_trainer_with_augmentation_options(tmp_path):
     write_idx_dataset(tmp_path)
     b = data.build({"name": "fashion-mnist", "path": str(tmp_path),
                     "augment": {"crop_padding": 2, "hflip": True}}, seed=0)
-    assert b.meta.extra["augment"].crop_padding == 2
+    assert b.meta.augment.crop_padding == 2
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     t = Trainer(model, b, TrainConfig(max_steps=3, batch_size=16, device="cpu"), callbacks=[]).fit()
     assert 0 <= t.evaluate("test")["accuracy"] <= 1
@@ -164,4 +164,4 @@ def test_real_fashion_mnist_from_the_debian_package():
     assert (len(b.train), len(b.test)) == (60000, 10000)
     assert torch.bincount(b.train.labels).tolist() == [6000] * 10
     assert b.meta.class_names[9] == "Ankle boot"
-    assert b.meta.extra["normalization"]["mean"][0] == pytest.approx(0.2860, abs=1e-3)  # the published figure
+    assert b.meta.normalization["mean"][0] == pytest.approx(0.2860, abs=1e-3)  # the published figure

@@ -23,10 +23,10 @@ def corpus_dir(tmp_path):
 def test_char_corpus_windows_round_trip(tmp_path):
     d, text = corpus_dir(tmp_path)
     b = data.build({"name": "text", "path": str(d), "block_size": 16, "val_fraction": 0.2}, seed=0)
-    vocab = b.meta.extra["vocab"]
+    vocab = b.meta.vocab
     assert b.meta.task == "language_model" and b.meta.input_shape == (16,)
-    assert b.meta.extra["vocab_size"] == len(set(text)) == vocab.size and b.meta.extra["input_dtype"] == torch.long
-    assert b.meta.extra["itos"] == sorted(set(text)) and b.meta.extra["files"] == 3
+    assert b.meta.vocab_size == len(set(text)) == vocab.size and b.meta.input_dtype == torch.long
+    assert b.meta.vocab.itos == sorted(set(text)) and b.meta.extra["files"] == 3
     n_train = len(text) - int(len(text) * 0.2)
     # val: non-overlapping windows over the tail, in order
     xv, yv = next(b.val.batches(torch.arange(len(b.val)), len(b.val)))
@@ -65,11 +65,11 @@ def test_byte_level_max_chars_and_single_file(tmp_path):
     b = data.build({"name": "text", "path": str(d), "level": "byte", "block_size": 8, "max_chars": 300,
                     "val_fraction": 0.1, "test_fraction": 0.1}, seed=0)
     raw = text.encode()[:300]
-    assert b.meta.extra["vocab_size"] == 256 and b.meta.extra["tokens"] == {"train": 240, "val": 30, "test": 30}
+    assert b.meta.vocab_size == 256 and b.meta.extra["tokens"] == {"train": 240, "val": 30, "test": 30}
     xt, _ = next(b.test.batches(torch.arange(len(b.test)), 100))
     assert bytes(xt.flatten().tolist()) == raw[270:270 + 8 * len(b.test)]
     one = data.build({"name": "text", "path": str(d / "a.txt"), "block_size": 4}, seed=0)
-    assert one.meta.extra["files"] == 1 and one.meta.extra["vocab"].decode([0]) == "\n"
+    assert one.meta.extra["files"] == 1 and one.meta.vocab.decode([0]) == "\n"
 
 
 def test_default_corpus_is_the_stdlib_without_site_packages():
@@ -77,7 +77,7 @@ def test_default_corpus_is_the_stdlib_without_site_packages():
     assert b.meta.extra["source"] == data.text.stdlib_dir().as_posix()
     assert sum(b.meta.extra["tokens"].values()) == 5000
     x, _ = next(b.val.batches(torch.arange(2), 2))
-    assert len(b.meta.extra["vocab"].decode(x[0])) == 32
+    assert len(b.meta.vocab.decode(x[0])) == 32
     root, files = data.text.corpus_files(data.text.TextOptions())
     assert files and all(f.suffix == ".py" for f in files[:50])
     assert not any("site-packages" in f.parts or "dist-packages" in f.parts for f in files)
@@ -86,7 +86,7 @@ def test_default_corpus_is_the_stdlib_without_site_packages():
 def test_trains_a_tiny_language_model_through_the_trainer(tmp_path):
     d, _ = corpus_dir(tmp_path)
     b = data.build({"name": "text", "path": str(d), "block_size": 8}, seed=0)
-    V = b.meta.extra["vocab_size"]
+    V = b.meta.vocab_size
     model = torch.nn.Sequential(torch.nn.Embedding(V, 16), torch.nn.Linear(16, V))  # (B, T) -> (B, T, V)
     t = Trainer(model, b, TrainConfig(max_steps=20, batch_size=8, lr=0.05, device="cpu"), callbacks=[]).fit()
     assert t.evaluate("val")["loss"] < torch.log(torch.tensor(float(V))).item()
@@ -126,8 +126,8 @@ def test_text_classification_round_trip(tmp_path, fmt):
     b = data.build({"name": "text-classification", "path": str(path), "text_field": "review", "label_field": "stars",
                     "max_len": 24, "val_fraction": 0.2}, seed=0)
     assert b.meta.class_names == ["meh", "neg", "pos"] and b.meta.input_shape == (24,)
-    vocab = b.meta.extra["vocab"]
-    assert b.meta.extra["pad_id"] == 0 and vocab.offset == 2 and vocab.unknown == 1
+    vocab = b.meta.vocab
+    assert b.meta.pad_id == 0 and vocab.offset == 2 and vocab.unknown == 1
     for split in (b.train, b.val, b.test):
         x, y = next(split.batches(torch.arange(len(split)), len(split)))
         assert x.shape[1] == 24 and x.dtype == torch.long
@@ -145,7 +145,7 @@ def test_text_classification_byte_level_numeric_labels_and_test_file(tmp_path):
     (tmp_path / "test.jsonl").write_text(json.dumps({"text": "é", "label": 20}) + "\n")
     b = data.build({"name": "text-classification", "path": str(tmp_path / "train.jsonl"), "level": "byte",
                     "test_path": str(tmp_path / "test.jsonl"), "max_len": 4, "val_fraction": 0}, seed=0)
-    assert b.meta.class_names == ["0", "10", "20"] and b.meta.extra["vocab_size"] == 257
+    assert b.meta.class_names == ["0", "10", "20"] and b.meta.vocab_size == 257
     x, y = next(b.test.batches(torch.arange(1), 1))
     assert x[0].tolist() == [0xC3 + 1, 0xA9 + 1, 0, 0] and y.tolist() == [2]
 

@@ -50,7 +50,7 @@ def test_build_refuses_shapes_a_family_cannot_take():
         models.build({"name": "resnet"}, DataMeta((784,), "multiclass", 10))
     with pytest.raises(ShapeError, match=r"samples shaped \(L,\), \(C, L\), \(L, F\) or \(C, H, W\); the data gives \(1, 2, 3, 4\)"):
         models.build({"name": "rnn"}, DataMeta((1, 2, 3, 4), "multiclass", 10))
-    with pytest.raises(ShapeError, match=r"token inputs must be shaped \(L,\) with meta.extra\['vocab_size'\]"):
+    with pytest.raises(ShapeError, match=r"token inputs must be shaped \(L,\) with meta.vocab_size set"):
         models.build({"name": "transformer"}, DataMeta((12,), "multiclass", 2, extra={"input_dtype": torch.long}))
     with pytest.raises(ShapeError, match=r"layer 'proj' takes patches of 8 steps, but the sequences have 5 \(data shape \(1, 5\)\)"):
         models.build({"name": "transformer", "patch": 8}, DataMeta((1, 5), "multiclass", 2))

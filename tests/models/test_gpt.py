@@ -14,7 +14,7 @@ V, T = 13, 16
 
 
 def meta(t=T, vocab=V, task="language_model"):
-    return DataMeta((t,), task, extra={"vocab_size": vocab, "input_dtype": torch.long})
+    return DataMeta((t,), task, vocab_size=vocab, input_dtype=torch.long)
 
 
 def gpt(**opts):

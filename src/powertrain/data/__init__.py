@@ -12,7 +12,7 @@ a DataLoader fed with the same permutation, so both paths see the same order for
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Optional, Sequence
+from typing import Any, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,11 +38,30 @@ class DataOptions(Options):
 
 @dataclass
 class DataMeta:
+    """What a model and the trainer need to know of a dataset. Typed fields are read by code; `extra`
+    holds what a dataset reports for people (a cleaning report, its source path, statistics)."""
+
     input_shape: tuple[int, ...]  # one sample, without the batch dimension
     task: Task = "multiclass"
     num_classes: Optional[int] = None
     class_names: Optional[list[str]] = None
-    extra: dict = field(default_factory=dict)  # e.g. vocab for text
+    extra: dict = field(default_factory=dict)  # reported, not read: e.g. {"source": path, "report": ...}
+    vocab: Optional[Any] = None  # text: the token vocabulary (encode, decode, itos, to_dict); kept in vocab.json
+    vocab_size: Optional[int] = None  # token inputs: number of token ids (embedding rows)
+    input_dtype: torch.dtype = torch.float32  # torch.long for token ids
+    pad_id: Optional[int] = None  # token id that pads sequences at their end
+    augment: Optional[Any] = None  # AugmentOptions the trainer applies to train batches (data/augment.py)
+    normalization: Optional[dict] = None  # {"mean", "std"} of the train split, to show inputs in their own units
+    targets: int = 1  # regression: number of target columns
+
+    def __post_init__(self):
+        for key in TYPED_KEYS:  # DataMeta(..., extra={"vocab_size": 65}) still works: typed fields are read
+            if key in self.extra:
+                setattr(self, key, self.extra[key])
+        self.extra = {k: v for k, v in self.extra.items() if k not in TYPED_KEYS}  # the caller's dict is left as is
+
+
+TYPED_KEYS = ("vocab", "vocab_size", "input_dtype", "pad_id", "augment", "normalization", "targets")
 
 
 def _names(n: int) -> list[str]:

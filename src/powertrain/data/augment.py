@@ -2,7 +2,7 @@
 horizontal flip, Gaussian noise. One call per batch, a few tensor ops, no per-sample Python loop.
 
 Image datasets take `augment: {crop_padding: 4, hflip: true, noise_std: 0.0}` in their options and
-hand the validated `AugmentOptions` to the trainer as `meta.extra["augment"]`; the trainer applies
+hand the validated `AugmentOptions` to the trainer as `meta.augment`; the trainer applies
 `augment_batch` to training batches only.
 
 >>> import torch

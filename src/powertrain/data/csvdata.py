@@ -265,7 +265,7 @@ def csv_table(opts: CsvOptions, seed: int):
     pair = lambda s: None if s is None else (x[s], y[s])  # noqa: E731
     extra = {"report": report, "feature_names": names, "standardize": {"mean": mean.tolist(), "std": std.tolist()}}
     if task == "regression":
-        extra["targets"] = 1
+        pass  # one target column: DataMeta.targets' default
     meta = DataMeta((x.shape[1],), task, None if class_names is None else len(class_names), class_names, extra)
     return make_bundle(pair(splits["train"]), pair(splits["val"]), pair(splits["test"]), meta,
                        opts.model_copy(update={"normalize": False}))

@@ -3,7 +3,7 @@ folders of PNG/JPEG files (one subfolder per class, read with Pillow).
 
 Images are kept as uint8 (N, C, H, W) and turned into float per batch on the training device:
 scaled to [0, 1], then (with `normalize`, the default) standardised per channel with the mean and
-std of the train split only. Those statistics are in `meta.extra["normalization"]`, so a picture
+std of the train split only. Those statistics are in `meta.normalization`, so a picture
 can be turned back into pixels: `pixels = x * std + mean`.
 
 >>> from powertrain import data
@@ -161,8 +161,8 @@ def image_bundle(train, val, test, class_names: Sequence[str], opts: ImageOption
         return ImageSplit(torch.from_numpy(np.ascontiguousarray(s[0])), torch.from_numpy(s[1].astype(np.int64)),
                           torch.from_numpy(mean), torch.from_numpy(std))
 
-    extra = {**(extra or {}), "normalization": {"mean": mean.tolist(), "std": std.tolist()}, "augment": opts.augment}
-    meta = DataMeta(tuple(train[0].shape[1:]), "multiclass", len(class_names), list(class_names), extra)
+    meta = DataMeta(tuple(train[0].shape[1:]), "multiclass", len(class_names), list(class_names), dict(extra or {}),
+                    normalization={"mean": mean.tolist(), "std": std.tolist()}, augment=opts.augment)
     return DataBundle(split(train), split(val), split(test), meta)
 
 
@@ -511,8 +511,8 @@ def image_folder(opts: ImageFolderOptions, seed: int) -> DataBundle:
         lazy = lambda s: None if s is None else LoaderSplit(_FolderDataset(s[0], s[1], *args, mean, std),  # noqa: E731
                                                             opts.num_workers)
         check_augment(opts.augment, (opts.channels, *size))
-        extra.update(normalization={"mean": mean.tolist(), "std": std.tolist()}, augment=opts.augment)
-        meta = DataMeta((opts.channels, *size), "multiclass", len(names), names, extra)
+        meta = DataMeta((opts.channels, *size), "multiclass", len(names), names, extra,
+                        normalization={"mean": mean.tolist(), "std": std.tolist()}, augment=opts.augment)
         return DataBundle(lazy(train), lazy(val), lazy(test), meta)
 
     def decode(s):

@@ -10,7 +10,7 @@ the val split (and, with `test_fraction`, the very end is test). A sample is a w
 >>> b = data.build({"name": "text", "max_chars": 20000, "block_size": 64}, seed=0)
 >>> b.meta.task, b.meta.input_shape
 ('language_model', (64,))
->>> vocab = b.meta.extra["vocab"]
+>>> vocab = b.meta.vocab
 >>> vocab.decode(vocab.encode("def f():"))
 'def f():'
 """
@@ -221,9 +221,9 @@ def text_corpus(opts: TextOptions, seed: int) -> DataBundle:
         return split
 
     val, test = tail(n_train, n_train + n_val, "val"), tail(n_train + n_val, n, "test")
-    extra = {"vocab_size": vocab.size, "input_dtype": torch.long, "vocab": vocab, "itos": vocab.itos,
-             "level": opts.level, "block_size": T, "tokens": {"train": n_train, "val": n_val, "test": n_test}, **info}
-    return DataBundle(train, val, test, DataMeta((T,), "language_model", None, None, extra))
+    extra = {"level": opts.level, "block_size": T, "tokens": {"train": n_train, "val": n_val, "test": n_test}, **info}
+    meta = DataMeta((T,), "language_model", None, None, extra, vocab=vocab, vocab_size=vocab.size, input_dtype=torch.long)
+    return DataBundle(train, val, test, meta)
 
 
 # ---------------------------------------------------------------- text classification
@@ -350,7 +350,6 @@ def text_classification(opts: TextClassificationOptions, seed: int) -> DataBundl
         test_split = split(test_texts, np.array([index[v] for v in test_labels], dtype=np.int64))
     else:
         test_split = pick(np.sort(test[0]))
-    extra = {"vocab_size": vocab.size, "input_dtype": torch.long, "vocab": vocab, "pad_id": 0, "level": opts.level,
-             "max_len": opts.max_len}
-    meta = DataMeta((opts.max_len,), "multiclass", len(names), names, extra)
+    meta = DataMeta((opts.max_len,), "multiclass", len(names), names, {"level": opts.level, "max_len": opts.max_len},
+                    vocab=vocab, vocab_size=vocab.size, input_dtype=torch.long, pad_id=0)
     return DataBundle(train_split, val_split, test_split, meta)

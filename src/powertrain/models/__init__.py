@@ -27,7 +27,7 @@ def output_size(meta: DataMeta) -> int:
         return 1
     if meta.task == "multiclass":
         return int(meta.num_classes)
-    return int(meta.extra.get("targets", 1))
+    return int(meta.targets)
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -38,7 +38,7 @@ def build(spec: dict, meta: DataMeta) -> nn.Module:
     """Build the model named by `spec["name"]` for data described by `meta`, and check its shapes."""
     entry = MODELS.get(spec["name"])
     model = entry.build(MODELS.options(spec), meta)
-    dry_run(model, torch.zeros(2, *meta.input_shape, dtype=meta.extra.get("input_dtype", torch.float32)))
+    dry_run(model, torch.zeros(2, *meta.input_shape, dtype=meta.input_dtype))
     return model
 
 

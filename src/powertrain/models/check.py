@@ -123,7 +123,7 @@ def check_fit(model: nn.Module, data) -> None:
         n = meta.num_classes
         raise ModelError(f"{cls}: outputs {out.shape[-1]} values per sample, but the data has {n} classes; make the "
                          f"last layer output at least {n} (e.g. nn.Linear(..., {n})), or check data.num_classes")
-    vocab = meta.extra.get("vocab_size") if meta.task == "language_model" else None
+    vocab = meta.vocab_size if meta.task == "language_model" else None
     if vocab and out.shape[-1] < vocab:
         raise ModelError(f"{cls}: outputs {out.shape[-1]} logits per token, but the vocabulary has {vocab} tokens; "
                          f"set the model's vocab_size to {vocab}")
@@ -140,7 +140,7 @@ def check_fit(model: nn.Module, data) -> None:
 def _check_labels(meta, split: str, y: torch.Tensor) -> None:
     if meta.task not in ("multiclass", "binary", "language_model") or y.numel() == 0:
         return
-    n = 2 if meta.task == "binary" else meta.num_classes or meta.extra.get("vocab_size")
+    n = 2 if meta.task == "binary" else meta.num_classes or meta.vocab_size
     if meta.task != "binary" and y.is_floating_point():
         raise DataError(f"data: the {split} labels are {str(y.dtype).replace('torch.', '')}, but {meta.task} labels "
                         f"are integer class ids; convert them with y.long()")

@@ -12,7 +12,7 @@ L = n_layer: V*d + B*d + L*(12*d^2 + 2*d) + d without biases (+ 11*d per layer a
 >>> import torch
 >>> from powertrain import models
 >>> from powertrain.data import DataMeta
->>> meta = DataMeta((32,), "language_model", extra={"vocab_size": 65, "input_dtype": torch.long})
+>>> meta = DataMeta((32,), "language_model", vocab_size=65, input_dtype=torch.long)
 >>> gpt = models.build({"name": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32}, meta)
 >>> models.count_params(gpt)  # 65*32 + 32*32 + 2*(12*32*32 + 2*32) + 32
 27840
@@ -110,10 +110,10 @@ class GPT(nn.Module):
 @MODELS.register("gpt", GPTOptions)
 def build_gpt(opts: GPTOptions, meta: DataMeta) -> nn.Module:
     """Decoder-only causal transformer language model with tied embeddings (nanoGPT)."""
-    dtype = meta.extra.get("input_dtype", torch.float32)
-    if "vocab_size" not in meta.extra or dtype.is_floating_point or len(meta.input_shape) != 1:
-        raise ShapeError(f"gpt: layer 'wte' needs (T,) integer tokens with meta.extra['vocab_size'] set; the data gives "
-                         f"{tuple(meta.input_shape)} of {dtype} with extra keys {sorted(meta.extra)}; use a text dataset")
+    dtype = meta.input_dtype
+    if meta.vocab_size is None or dtype.is_floating_point or len(meta.input_shape) != 1:
+        raise ShapeError(f"gpt: layer 'wte' needs (T,) integer tokens with meta.vocab_size set; the data gives "
+                         f"{tuple(meta.input_shape)} of {dtype} and no vocabulary; use a text dataset")
     if meta.task != "language_model":
         raise ShapeError(f"gpt: layer 'lm_head' predicts the next token at every position, which needs task "
                          f"'language_model', but the data's task is '{meta.task}'; use transformer or rnn to classify")
@@ -122,4 +122,4 @@ def build_gpt(opts: GPTOptions, meta: DataMeta) -> nn.Module:
     if T > block_size:
         raise ShapeError(f"gpt: layer 'wpe' holds block_size={block_size} positions, but the data's samples have "
                          f"shape ({T},); set model.block_size >= {T} or make the dataset's sequences shorter")
-    return GPT(opts, int(meta.extra["vocab_size"]), block_size)
+    return GPT(opts, int(meta.vocab_size), block_size)

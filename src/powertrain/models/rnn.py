@@ -3,8 +3,8 @@
 How a sample (shape without the batch dimension) becomes a sequence of L steps (`SequenceInput`,
 shared with the transformer):
 
-    (L,)  integer tokens  -> L embeddings; needs meta.extra["vocab_size"] and an integer
-                             meta.extra["input_dtype"]; meta.extra["pad_id"] marks padding at the end
+    (L,)  integer tokens  -> L embeddings; needs meta.vocab_size and an integer
+                             meta.input_dtype; meta.pad_id marks padding at the end
     (L,)  floats          -> L steps of 1 feature
     (C, L)                -> L steps of C features: channels first, as Conv1d and mnist1d (N, 1, 40) store
                              them; the model transposes. `channels_first: false` reads (L, F) instead
@@ -42,16 +42,16 @@ class SequenceInput(nn.Module):
 
     def __init__(self, meta: DataMeta, channels_first: bool = True, embed_dim: int = 64):
         super().__init__()
-        shape, dtype = tuple(meta.input_shape), meta.extra.get("input_dtype", torch.float32)
+        shape, dtype = tuple(meta.input_shape), meta.input_dtype
         self.tokens = not dtype.is_floating_point
-        self.pad_id: Optional[int] = meta.extra.get("pad_id") if self.tokens else None
+        self.pad_id: Optional[int] = meta.pad_id if self.tokens else None
         self.embed: Optional[nn.Embedding] = None
         if self.tokens:
-            if len(shape) != 1 or "vocab_size" not in meta.extra:
-                raise ShapeError(f"token inputs must be shaped (L,) with meta.extra['vocab_size'] set; the data gives "
-                                 f"{shape} and extra keys {sorted(meta.extra)}")
+            if len(shape) != 1 or meta.vocab_size is None:
+                raise ShapeError(f"token inputs must be shaped (L,) with meta.vocab_size set; the data gives "
+                                 f"{shape} and no vocabulary")
             self.layout, self.seq_len, self.n_features = "(L,) tokens", shape[0], embed_dim
-            self.embed = nn.Embedding(int(meta.extra["vocab_size"]), embed_dim)
+            self.embed = nn.Embedding(int(meta.vocab_size), embed_dim)
         elif len(shape) == 1:
             self.layout, self.seq_len, self.n_features = "(L,)", shape[0], 1
         elif len(shape) == 2 and channels_first:
