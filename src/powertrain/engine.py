@@ -350,7 +350,10 @@ class Trainer(Outcome, TrainState):
         return max(self.step - 1, 0) // self.steps_per_epoch + 1
 
     def log(self, record: dict) -> None:
-        """Append a record to metrics.jsonl (if there is a run directory)."""
+        """Append a record to metrics.jsonl (if there is a run directory). An epoch's window line goes
+        before the first line written after that epoch ended, wherever the run stops and resumes."""
+        if self._stopped_epochs and "window" not in record and self.meter:
+            self._account_epochs()
         if self._in_fit:
             self._metrics.write(record)
         elif self.run is not None and self.dist.is_main:

@@ -196,4 +196,4 @@ def build(section: dict, seed: int = 0) -> DataBundle:
     return bundle
 
 
-from . import augment, csvdata, images, mnist1d, tabular, text  # noqa: E402,F401  (register the built-in datasets)
+from . import augment, csvdata, folders, images, mnist1d, tabular, text  # noqa: E402,F401  (register the built-in datasets)
