@@ -192,6 +192,7 @@ class Trainer(Outcome, TrainState):
         finish the current step, checkpoint and raise `Interrupted`."""
         self._t_log = time.perf_counter()
         self._fit_start_step = self.step
+        self._next_due = self._due_after(self.step)
         if self.meter:
             self.meter.begin("fit")
         self._in_fit = True
@@ -259,7 +260,10 @@ class Trainer(Outcome, TrainState):
         """Everything due after optimizer step `self.step`, in one fixed order: close the epoch window,
         evaluate (early stopping decides here), decide to stop, checkpoint. The checkpoint comes last, so
         a run resumed from it has nothing of this step left to do. Returns True to stop."""
+        if self.step < self._next_due and self._signals.received is None:
+            return False  # the common case: one comparison
         cfg, s, spe = self.cfg, self.step, self.steps_per_epoch
+        self._next_due = self._due_after(s)
         epoch_end, last = s % spe == 0, s >= self.total_steps
         if cfg.eval_every_steps:
             due_eval = s % cfg.eval_every_steps == 0 or last
@@ -279,6 +283,13 @@ class Trainer(Outcome, TrainState):
         if due_eval or stop or (cfg.checkpoint_every_steps and s % cfg.checkpoint_every_steps == 0):
             self.save_checkpoint()
         return stop
+
+    def _due_after(self, s: int) -> int:
+        """The next step after `s` at which something may be due: an epoch end, an evaluation, a
+        checkpoint, the last step; in a job also the log cadence (where the ranks agree on signals)."""
+        every = [self.steps_per_epoch, self.cfg.eval_every_steps, self.cfg.checkpoint_every_steps,
+                 self.cfg.log_every if self.dist.enabled else None]
+        return min([self.total_steps, *((s // n + 1) * n for n in every if n)])
 
     def _interrupt_requested(self) -> bool:
         """A signal arrived. In a job the ranks agree at the log cadence (a collective), so that all stop
