@@ -210,6 +210,8 @@ def _resume(run: RunDir, old: Recipe, recipe: Recipe, changed: list[str], callba
     d = distributed.setup(recipe.train.strategy)
     trainer = build_trainer(recipe, run, callbacks)
     trainer.resume()
+    if d.is_main:
+        run.truncate_metrics(trainer.step, getattr(trainer, "metrics_bytes", None))
     if changed and d.is_main:
         run.write_recipe(recipe)
         run.append_metrics({"step": trainer.step, "resume_overrides": {k: v for k, v in _flat(recipe, changed)}})
@@ -217,8 +219,6 @@ def _resume(run: RunDir, old: Recipe, recipe: Recipe, changed: list[str], callba
         trainer.apply_lr(recipe.train.lr, old.train.lr)
         if d.is_main:
             print(f"train.lr: {old.train.lr:g} -> {recipe.train.lr:g}, applied to the restored optimizer", file=sys.stderr)
-    if d.is_main:
-        run.truncate_metrics(trainer.step)
     return _fit(trainer, recipe, run)
 
 

@@ -94,6 +94,7 @@ class Trainer(Outcome, TrainState):
         self._stopped_epochs: list = []  # epoch windows stopped, not yet accounted (see _epoch_window)
         self._epoch_start_step: Optional[int] = None
         self._epoch_carry: Optional[dict] = None  # an epoch window cut by a signal: {"start", time_s, flops, energy_j}
+        self._pending_lines: list[dict] = []  # epoch lines accounted, written at the next evaluation or the end
         self._signals = Deferred()
         self.meter = Meter() if meter is None or meter is True else (meter or None)
         if self.meter and not self.dist.reads_node_counters:
@@ -222,8 +223,8 @@ class Trainer(Outcome, TrainState):
             return
         self._in_fit = False
         self._epoch_window(begin=False)  # an epoch cut short by an exception
+        self._write_epoch_lines()
         if self.meter:
-            self._account_epochs()
             self.meter.end("fit", flops=self.train_flops(self._fit_start_step, self.step))
         self._metrics.close()
         for cb in self.callbacks:
@@ -314,9 +315,10 @@ class Trainer(Outcome, TrainState):
             self._epoch_start_step = None
 
     def _account_epochs(self) -> None:
-        """Each stopped epoch window -> metrics.jsonl {"step", "epoch", "window": "epoch", time_s, flops,
-        energy_j, ...} ("partial": started or stopped mid-epoch); the Meter's totals then include them.
-        An epoch cut by a signal is carried in the checkpoint and logged, whole, by the resumed run."""
+        """Each stopped epoch window -> the Meter's totals, and its line {"step", "epoch", "window": "epoch",
+        time_s, flops, energy_j, ...} ("partial": started or stopped mid-epoch) to `_pending_lines`, which
+        the next evaluation or the end of fit writes (a checkpoint carries them, so that a resumed run
+        writes them at the same place). An epoch cut by a signal is carried whole to the resumed run."""
         stopped, self._stopped_epochs = self._stopped_epochs, []
         for s, start, end in stopped:
             w = self.meter.account(s, flops=self.train_flops(start, end))
@@ -328,9 +330,16 @@ class Trainer(Outcome, TrainState):
             if self.stop_reason == "interrupted" and end % self.steps_per_epoch:
                 self._epoch_carry = {"start": start, **part}
                 continue
-            self.log({"step": end, "epoch": max(end - 1, 0) // self.steps_per_epoch + 1, "window": "epoch", **part,
-                      "energy_method": w.energy_method,
-                      "partial": start % self.steps_per_epoch != 0 or end % self.steps_per_epoch != 0})
+            self._pending_lines.append({"step": end, "epoch": max(end - 1, 0) // self.steps_per_epoch + 1,
+                                        "window": "epoch", **part, "energy_method": w.energy_method,
+                                        "partial": start % self.steps_per_epoch != 0 or end % self.steps_per_epoch != 0})
+
+    def _write_epoch_lines(self) -> None:
+        if self.meter:
+            self._account_epochs()
+        lines, self._pending_lines = self._pending_lines, []
+        for line in lines:
+            self.log(line)
 
     def _after_step(self, loss: float, samples: int) -> None:
         if not math.isfinite(loss):
@@ -361,10 +370,7 @@ class Trainer(Outcome, TrainState):
         return max(self.step - 1, 0) // self.steps_per_epoch + 1
 
     def log(self, record: dict) -> None:
-        """Append a record to metrics.jsonl (if there is a run directory). An epoch's window line goes
-        before the first line written after that epoch ended, wherever the run stops and resumes."""
-        if self._stopped_epochs and "window" not in record and self.meter:
-            self._account_epochs()
+        """Append a record to metrics.jsonl (if there is a run directory)."""
         if self._in_fit:
             self._metrics.write(record)
         elif self.run is not None and self.dist.is_main:

@@ -92,8 +92,7 @@ class Outcome:
 
     def _evaluate_val(self) -> None:
         """Evaluate on val (if any) and update early stopping."""
-        if self.meter:
-            self._account_epochs()
+        self._write_epoch_lines()
         if self.data.val is None:
             return
         metrics = self.evaluate("val")

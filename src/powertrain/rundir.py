@@ -85,6 +85,13 @@ class MetricsLog:
         if time.monotonic() - self._flushed >= 1.0:  # `tail -f` sees lines within a second
             self.flush()
 
+    def offset(self) -> Optional[int]:
+        """Bytes written so far (all flushed): where a resume from a checkpoint taken now cuts the file."""
+        if self._file is not None:
+            self.flush()
+            return self._file.tell()
+        return self.path.stat().st_size if self.path is not None and self.path.exists() else None
+
     def flush(self) -> None:
         if self._file is not None:
             self._file.flush()  # to the OS: a killed process loses nothing flushed
@@ -271,8 +278,13 @@ class RunDir:
     def metrics(self) -> list[dict]:
         return read_jsonl(self.metrics_file)
 
-    def truncate_metrics(self, step: int) -> None:
-        """Drop metrics.jsonl records written after `step` (a resume replays them)."""
+    def truncate_metrics(self, step: int, size: Optional[int] = None) -> None:
+        """Drop metrics.jsonl lines written after a checkpoint (a resume replays them): those after byte
+        `size` (the file's length when the checkpoint was taken), or, for a checkpoint that does not know
+        it, the records of steps after `step`."""
+        if size is not None and self.metrics_file.exists():
+            os.truncate(self.metrics_file, min(size, self.metrics_file.stat().st_size))
+            return
         records = [r for r in self.metrics() if r["step"] <= step]
         atomic_write(self.metrics_file, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
 

@@ -26,7 +26,8 @@ class TrainState:
             **self.strategy.gather_rng(),
             "trainer": {"best": self.best, "bad_evals": self._bad_evals, "loss_sum": self._loss_sum,
                         "loss_n": self._loss_n, "stop_reason": self.stop_reason, "phase_s": dict(self.phase_s),
-                        "eval_samples": self.eval_samples, "epoch_carry": self._epoch_carry},
+                        "eval_samples": self.eval_samples, "epoch_carry": self._epoch_carry,
+                        "pending_lines": list(self._pending_lines), "metrics_bytes": self._metrics.offset()},
             "meter": self._meter_state(),
         }
 
@@ -60,7 +61,8 @@ class TrainState:
         reason = t["stop_reason"]  # early stopping stays decided; a completed run may be extended; a signal is over
         self.stop_reason = reason if str(reason).startswith("early stop") else None
         self.phase_s, self.eval_samples = dict(t["phase_s"]), dict(t["eval_samples"])
-        self._epoch_carry = t.get("epoch_carry")
+        self._epoch_carry, self._pending_lines = t.get("epoch_carry"), list(t.get("pending_lines", []))
+        self.metrics_bytes = t.get("metrics_bytes")  # metrics.jsonl's length at this checkpoint (resume cuts it there)
         if self.meter and state.get("meter") and self.dist.is_main:
             self.meter.load_state_dict(state["meter"])
 
