@@ -142,7 +142,10 @@ class Outcome:
         from .measure.job import job_totals
 
         totals = job_totals(self.meter, self.dist.enabled)
-        return make_bill(totals, self.bill_record(), self.meter)
+        record = self.bill_record()  # both collectives in a job: every rank takes part
+        if not self.dist.is_main:
+            return {"rank": self.dist.rank, "note": "the job's bill is rank 0's"}
+        return make_bill(totals, record, self.meter)
 
     def bill_record(self):
         """The plain figures a bill needs besides the Meter's totals."""
