@@ -219,3 +219,15 @@ def test_fsdp_on_a_model_without_blocks_is_refused_before_launch(monkeypatch, ca
     assert main(["train", "digits-mlp", "--nproc", "2", "train.strategy=fsdp"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train.strategy: fsdp" in err and "ddp" in err
+
+
+def test_resume_with_nproc_validates_its_overrides_before_the_launch(reference, tmp_path, monkeypatch, capsys):
+    from powertrain import distributed
+    from powertrain.cli import main
+
+    run = copy_run(reference, tmp_path / "run")
+    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("launched"))
+    assert main(["resume", str(run), "model.hidden=[8]", "--nproc", "2"]) == 2
+    assert "resume: 'model.hidden'" in capsys.readouterr().err
+    assert main(["resume", str(run), "--nproc", "2", "train.strategy=fsdp"]) == 2
+    assert "train.strategy: fsdp" in capsys.readouterr().err

@@ -78,9 +78,15 @@ def cmd_distill(args) -> int:
 def cmd_resume(args) -> int:
     from .api import resume
 
-    if args.nproc:
-        from .distributed import launch
+    if args.nproc:  # validated here once, before torchrun starts N processes
+        from .api import check_resume_overrides
+        from .distributed import launch, refuse_before_launch
+        from .rundir import RunDir
 
+        run = RunDir.open(args.run_dir)
+        new = run.recipe(args.overrides)
+        check_resume_overrides(run.recipe(), new)
+        refuse_before_launch(new)
         return launch(["resume", args.run_dir, *args.overrides], args.nproc)
     _print_results(resume(args.run_dir, args.overrides))
     return 0
