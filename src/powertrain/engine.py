@@ -90,6 +90,7 @@ class Trainer(Outcome, TrainState):
         self.best: Optional[dict] = None  # {"step", "value"} of the best monitored evaluation
         self._bad_evals = 0
         self._loss_sum, self._loss_n, self._t_log, self._samples_log = 0.0, 0, time.perf_counter(), 0
+        self._step_losses: list[torch.Tensor] = []  # on the device, read at the log cadence (no sync per step)
         self.last_checkpoint: Optional[Path] = None
         self._stopped_epochs: list = []  # epoch windows stopped, not yet accounted (see _epoch_window)
         self._epoch_start_step: Optional[int] = None
@@ -252,7 +253,7 @@ class Trainer(Outcome, TrainState):
             self.phase_s["data"] += time.perf_counter() - t_data
             loss = self.strategy.step(self.train_step, batch)
             self.step += 1
-            self._after_step(loss.item(), len(batch[0]))
+            self._after_step(loss, len(batch[0]))
             if self._boundary():
                 return
             t_data = time.perf_counter()
@@ -263,6 +264,7 @@ class Trainer(Outcome, TrainState):
         a run resumed from it has nothing of this step left to do. Returns True to stop."""
         if self.step < self._next_due and self._signals.received is None:
             return False  # the common case: one comparison
+        self._flush_losses()  # a non-finite loss stops the run here, before evaluating or checkpointing
         cfg, s, spe = self.cfg, self.step, self.steps_per_epoch
         self._next_due = self._due_after(s)
         epoch_end, last = s % spe == 0, s >= self.total_steps
@@ -341,18 +343,15 @@ class Trainer(Outcome, TrainState):
         for line in lines:
             self.log(line)
 
-    def _after_step(self, loss: float, samples: int) -> None:
-        if not math.isfinite(loss):
-            kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was kept"
-            raise NonFiniteLoss(
-                f"train loss became {loss} at step {self.step} (epoch {self.epoch}); {kept}; "
-                f"lower train.lr (now {self.cfg.lr:g}), set train.grad_clip, or use train.precision=fp32")
-        self._loss_sum += loss
-        self._loss_n += 1
+    def _after_step(self, loss: torch.Tensor, samples: int) -> None:
+        """Bookkeeping of a step, with no host-device sync: the loss stays on the device until the log
+        cadence or the next step boundary (`_flush_losses`). Callbacks get it as a 0-d tensor."""
+        self._step_losses.append(loss)
         self._samples_log += samples
         for cb in self.callbacks:
             cb.on_step_end(self, loss)
         if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+            self._flush_losses()
             now = time.perf_counter()
             if self.dist.enabled:  # the job's samples, not this rank's share
                 self._samples_log = self.samples_trained(self.step - self._loss_n, self.step)
@@ -363,6 +362,24 @@ class Trainer(Outcome, TrainState):
             self.log(record)
             for cb in self.callbacks:
                 cb.on_log(self, record)
+
+    def _flush_losses(self) -> None:
+        """The losses of the steps since the last flush, read in one sync (in a job: summed over the ranks
+        in one all-reduce) and checked: a NaN or inf stops the run, naming the step it appeared at, before
+        anything evaluates or checkpoints the damaged weights."""
+        if not self._step_losses:
+            return
+        losses, self._step_losses = self._step_losses, []
+        values = self.strategy.sum_losses(torch.stack(losses)).tolist()
+        first = self.step - len(values) + 1
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was kept"
+                raise NonFiniteLoss(
+                    f"train loss became {v} at step {first + i} (epoch {(first + i - 1) // self.steps_per_epoch + 1}); "
+                    f"{kept}; lower train.lr (now {self.cfg.lr:g}), set train.grad_clip, or use train.precision=fp32")
+            self._loss_sum += v  # in step order: the same sums however the flushes fall
+        self._loss_n += len(values)
 
     @property
     def epoch(self) -> int:

@@ -4,7 +4,8 @@ on which one it has.
     wrap(model)                the module the forward pass calls (DDP/FSDP around the model; compiled)
     batches(split, order, n)   this rank's share of each global batch
     local(n)                   samples of a global batch of n that this rank trains on
-    step(fn, batch)            one optimizer step, with a job's gradient weighting and loss reduction
+    step(fn, batch)            one optimizer step, with a job's gradient weighting; its loss on the device
+    sum_losses(losses)         the steps' losses as the job's (one all-reduce per log line)
     eval_samples(batch)        samples of an evaluation batch that count on this rank
     reduce(values)             sums over ranks
     save / load / save_best / load_best   checkpoints (rank 0 writes; FSDP: every rank its shards)
@@ -44,6 +45,10 @@ class Single:
 
     def step(self, fn: Callable[[tuple], torch.Tensor], batch: tuple) -> torch.Tensor:
         return fn(batch)
+
+    def sum_losses(self, losses: torch.Tensor) -> torch.Tensor:
+        """Per-step losses as the job's (identity in one process)."""
+        return losses
 
     def eval_samples(self, batch: tuple) -> int:
         return len(batch[0])
@@ -124,9 +129,12 @@ class DDP(Single):
             loss = fn(batch)
         finally:
             self._grad_scale = 1.0
-        total = (loss.detach() * (n_local / n)).reshape(1).to(torch.float64)
-        torch.distributed.all_reduce(total)
-        return total[0]
+        return loss.detach().to(torch.float64) * (n_local / n)  # this rank's part: `sum_losses` adds the ranks'
+
+    def sum_losses(self, losses):
+        losses = losses.clone()
+        torch.distributed.all_reduce(losses)  # one collective per log line, not one per step
+        return losses
 
     def eval_samples(self, batch):
         return self._shares[0]  # 0: a stand-in sample of an empty share

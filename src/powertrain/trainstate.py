@@ -19,6 +19,7 @@ class TrainState:
     def state_dict(self) -> dict:
         """Everything but the weights and the optimizer that a resume needs (in a job: a collective,
         holding every rank's RNG state and the job's meter totals)."""
+        self._flush_losses()  # the running loss sum as floats (empty already at a step boundary)
         return {
             "step": self.step,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
