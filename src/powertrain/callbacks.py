@@ -14,7 +14,7 @@ import time
 
 class Callback:
     def on_fit_start(self, trainer) -> None: ...
-    def on_step_end(self, trainer, loss: float) -> None: ...
+    def on_step_end(self, trainer, loss) -> None: ...  # loss: a 0-d tensor on the device (float(loss) syncs)
     def on_log(self, trainer, record: dict) -> None: ...
     def on_eval_end(self, trainer, split: str, metrics: dict) -> None: ...
     def on_checkpoint(self, trainer, path) -> None: ...
@@ -40,21 +40,24 @@ class Progress(Callback):
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
 
             self.bar = Bar(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                           TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  {task.fields[sps]} samples/s"),
+                           TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  {task.fields[sps]} samples/s"
+                                      "{task.fields[note]}"),
                            TimeRemainingColumn(), transient=False)
             self.task = self.bar.add_task("train", total=trainer.total_steps, completed=trainer.step,
-                                          epoch=trainer.step // trainer.steps_per_epoch + 1, loss="-", sps="-")
+                                          epoch=trainer.step // trainer.steps_per_epoch + 1, loss="-", sps="-", note="")
             self.bar.start()
 
     def on_log(self, trainer, record: dict) -> None:
+        note = getattr(trainer, "progress_note", "")  # a trainer's own figure, e.g. a private run's "ε 2.1"
+        note = f"  {note}" if note else ""
         if self.bar is not None:
             self.bar.update(self.task, completed=record["step"], epoch=record["epoch"],
-                            loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:,.0f}")
+                            loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:,.0f}", note=note)
             return
         done = record["step"] - self.start_step
         left = (trainer.total_steps - record["step"]) * (time.perf_counter() - self.t0) / max(done, 1)
         print(f"step {record['step']}/{trainer.total_steps}  epoch {record['epoch']}  loss {record['loss']:.4f}  "
-              f"lr {record['lr']:.3g}  {record['samples_per_s']:,.0f} samples/s  eta {_eta(left)}",
+              f"lr {record['lr']:.3g}  {record['samples_per_s']:,.0f} samples/s{note}  eta {_eta(left)}",
               file=self.stream, flush=True)
 
     def on_eval_end(self, trainer, split: str, metrics: dict) -> None:

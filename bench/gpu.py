@@ -1,0 +1,203 @@
+"""One prepared check for a machine with one NVIDIA GPU (at most ~8 minutes), in three parts:
+
+1. GPT throughput: gpt-stdlib's model scaled to fill a GPU (12 layers, width 768, block 1024) in bf16 on
+   random tokens: tokens/s and MFU (6N + attention FLOPs per token over the GPU's dense bf16 peak) of
+   powertrain's Trainer and of a plain PyTorch loop of the same model, same batches, in this run; ratio.
+2. Energy: the Meter's NVML energy for a window against a direct read of
+   nvmlDeviceGetTotalEnergyConsumption around the same window; difference in %.
+3. fashion-resnet (Fashion-MNIST IDX files from --fashion DIR): test accuracy and seconds to reach it.
+
+    python bench/gpu.py                      # on the GPU machine: writes its table into docs/benchmarks.md
+    python bench/gpu.py --dry-run            # the same code on CPU with tiny sizes (tests/test_bench_gpu.py)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import powertrain
+from powertrain import Callback, DataBundle, Meter, TrainConfig, Trainer, models
+from powertrain.data import DataMeta
+from powertrain.measure import peak_for
+
+from docs_section import write_section
+
+FULL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block": 1024, "batch": 16, "vocab": 512, "steps": 60, "warmup": 10}
+TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block": 32, "batch": 4, "vocab": 64, "steps": 6, "warmup": 2}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def gpt_and_data(s: dict, device: torch.device, seed: int = 0):
+    """The model (seeded) and random-token batches: throughput does not depend on the text."""
+    g = torch.Generator().manual_seed(seed)
+    n = s["batch"] * (s["steps"] + s["warmup"])
+    x = torch.randint(0, s["vocab"], (n, s["block"]), generator=g)
+    y = torch.roll(x, -1, dims=1)
+    meta = DataMeta((s["block"],), "language_model", vocab_size=s["vocab"], input_dtype=torch.long)
+    torch.manual_seed(seed)
+    model = models.build({"name": "gpt", "n_layer": s["n_layer"], "n_head": s["n_head"], "n_embd": s["n_embd"]}, meta)
+    return model, DataBundle(powertrain.data.TensorSplit(x, y, name="train"), None, None, meta)
+
+
+def flops_per_token(model: torch.nn.Module, s: dict) -> float:
+    """6N (forward + backward of the weights, embeddings excluded as in nanoGPT) + attention 12 L d T."""
+    n = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()
+    return 6 * n + 12 * s["n_layer"] * s["n_embd"] * s["block"]
+
+
+class StepTimes(Callback):
+    def __init__(self, warmup: int):
+        self.warmup, self.t0, self.t1 = warmup, None, None
+
+    def on_step_end(self, trainer, loss):
+        if trainer.step == self.warmup:
+            sync(trainer.device)
+            self.t0 = time.perf_counter()
+
+    def on_fit_end(self, trainer):
+        sync(trainer.device)
+        self.t1 = time.perf_counter()
+
+
+def powertrain_tokens_per_s(s: dict, device: torch.device, precision: str) -> float:
+    model, data = gpt_and_data(s, device)
+    clock = StepTimes(s["warmup"])
+    cfg = TrainConfig(max_steps=s["steps"] + s["warmup"], batch_size=s["batch"], optimizer="adamw", lr=3e-4,
+                      precision=precision, device=str(device), log_every=10**9, eval_every_steps=10**9)
+    Trainer(model, data, cfg, callbacks=[clock]).fit()
+    return s["steps"] * s["batch"] * s["block"] / (clock.t1 - clock.t0)
+
+
+def plain_tokens_per_s(s: dict, device: torch.device, precision: str) -> float:
+    """nanoGPT's loop: the same model, batches in the same order (epoch permutation of seed 0), AdamW
+    (fused on CUDA), bf16 autocast; the loss read once at the end."""
+    model, data = gpt_and_data(s, device)
+    model.to(device)
+    x, y = (t.to(device) for t in data.train.tensors)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device.type == "cuda")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).to(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    t0 = None
+    for step in range(s["steps"] + s["warmup"]):
+        if step == s["warmup"]:
+            sync(device)
+            t0 = time.perf_counter()
+        idx = order[step * s["batch"]:(step + 1) * s["batch"]]
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x[idx])
+            loss = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync(device)
+    return s["steps"] * s["batch"] * s["block"] / (time.perf_counter() - t0)
+
+
+def gpt_rows(s: dict, device: torch.device, precision: str) -> list[str]:
+    model, _ = gpt_and_data(s, device)
+    per_token = flops_per_token(model, s)
+    peak = peak_for(device, precision, measure=device.type != "cpu")
+    plain = plain_tokens_per_s(s, device, precision)
+    ours = powertrain_tokens_per_s(s, device, precision)
+
+    def mfu(tps):
+        return f"{tps * per_token / peak.flops_per_s:.1%}" if peak else "no peak known"
+
+    size = f"{s['n_layer']} layers, width {s['n_embd']}, block {s['block']}, batch {s['batch']}, {precision}"
+    return [f"| GPT tokens/s ({size}) | {plain:,.0f} (MFU {mfu(plain)}) | {ours:,.0f} (MFU {mfu(ours)}) | "
+            f"{ours / plain:.3f} |"]
+
+
+def matmul_load(device: torch.device):
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+
+    def work(seconds: float) -> None:
+        nonlocal a
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a = (a @ a).clamp_(-1, 1)
+        sync(device)
+    return work
+
+
+def energy_row(device: torch.device, seconds: float, nvml=None, work=None) -> str:
+    """The Meter's NVML window against the raw counter (mJ) of GPU 0 read around the same window."""
+    from powertrain.measure import NvmlBackend
+
+    if nvml is None:
+        if device.type != "cuda":
+            return "| NVML energy, Meter vs raw counter | - | - | no GPU: not measured |"
+        import pynvml as nvml
+    nvml.nvmlInit()
+    handle = nvml.nvmlDeviceGetHandleByIndex(0)
+    meter = Meter(backends=[NvmlBackend(nvml=nvml, gpus=[0])])
+    work = work or matmul_load(device)
+    e0 = nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    meter.begin("window")
+    work(seconds)
+    w = meter.end("window")
+    e1 = nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    meter.close()
+    raw_j = (e1 - e0) / 1000.0
+    ours = sum(r.energy_j for r in w.energy if r.component == "gpu:0")
+    diff = f"{(ours - raw_j) / raw_j:+.2%}" if raw_j else "no energy counted"
+    return (f"| NVML energy over {w.time_s:.1f} s of load, Meter vs raw counter | {raw_j:,.1f} J (raw) | "
+            f"{ours:,.1f} J ({w.energy_method}) | {diff} |")
+
+
+def resnet_row(device: torch.device, fashion: str | None, dry: bool) -> str:
+    if dry:  # the code path on tiny random images: no Fashion-MNIST needed
+        x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+        data = DataBundle.from_tensors((x, y), test=(x, y))
+        model = models.build({"name": "resnet", "widths": [4, 8, 8], "blocks": [1, 1, 1]}, data.meta)
+        t0 = time.perf_counter()
+        t = Trainer(model, data, TrainConfig(epochs=1, batch_size=32, device=str(device)), callbacks=[]).fit()
+        acc, secs = t.evaluate("test")["accuracy"], time.perf_counter() - t0
+        return f"| fashion-resnet (dry run: random images) | - | {acc:.4f} in {secs:.1f} s | - |"
+    if not fashion or not Path(fashion).is_dir():
+        return "| fashion-resnet test accuracy | - | skipped: pass --fashion DIR (Fashion-MNIST IDX files) | - |"
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = powertrain.train("fashion-resnet", [f"data.path={fashion}", f"train.device={device}"],
+                               out=Path(tmp) / "run", callbacks=[])
+    secs = time.perf_counter() - t0
+    return f"| fashion-resnet test accuracy (bar 0.935) | - | {run.metrics['test']['accuracy']:.4f} in {secs:.0f} s | - |"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU; writes nothing")
+    p.add_argument("--fashion", help="folder of the Fashion-MNIST IDX files (for part 3)")
+    p.add_argument("--energy-s", type=float, default=20.0, help="length of the energy window (s)")
+    args = p.parse_args()
+    device = torch.device("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda")
+    if device.type == "cpu" and not args.dry_run:
+        print("bench/gpu.py: no CUDA device here; run it on a GPU machine, or pass --dry-run", file=sys.stderr)
+        return 2
+    sizes = TINY if args.dry_run else FULL
+    precision = "fp32" if device.type == "cpu" else "bf16"
+    rows = ["| check | plain PyTorch / reference | powertrain | ratio / difference |", "|---|---|---|---|"]
+    rows += gpt_rows(sizes, device, precision)
+    rows.append(energy_row(device, args.energy_s))
+    rows.append(resnet_row(device, args.fashion, args.dry_run))
+    table = "\n".join(rows)
+    print(table)
+    if not args.dry_run:
+        name = torch.cuda.get_device_name()
+        write_section("GPU (bench/gpu.py)", f"{name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.\n"
+                      f"Command: `python bench/gpu.py --fashion DIR`\n\n{table}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
