@@ -49,6 +49,7 @@ class BillRecord:
     samples_evaluated: int = 0  # in the 'final_eval' window: J per inference sample
     device: Any = "cpu"
     precision: str = "fp32"
+    tf32: bool = False  # fp32 matmuls on TF32 tensor cores (MFU against TF32's peak)
     phase_s: dict = field(default_factory=dict)  # e.g. {"data": s, "forward_backward": s, "optimizer": s}
     job: dict = field(default_factory=lambda: {"world_size": 1})
 
@@ -97,15 +98,16 @@ def make_bill(meter: Meter | dict, record: BillRecord, described: Optional[Meter
     totals = meter.totals() if isinstance(meter, Meter) else dict(meter)
     described = described if described is not None else (meter if isinstance(meter, Meter) else None)
     device = record.device if isinstance(record.device, torch.device) else torch.device(record.device)
-    fit, ev, fin, ck = (totals.get(k) for k in ("fit", "eval", "final_eval", "checkpoint"))
+    fit, ev, fin, ck, comp = (totals.get(k) for k in ("fit", "eval", "final_eval", "checkpoint", "compile"))
     carbon = described.carbon if described is not None else CarbonModel()
     samples = record.samples_trained
     train_flops = fit.flops if fit and fit.flops is not None else record.train_flops
     fit_s = fit.time_s if fit else None
     eval_s = (ev.time_s if ev else 0.0) + (fin.time_s if fin else 0.0)
     ckpt_s = ck.time_s if ck else 0.0
-    compute_s = fit_s - (ev.time_s if ev else 0.0) - ckpt_s if fit_s else None
-    peak = peak_for(device, PRECISION_DTYPE[record.precision])
+    compile_s = comp.time_s if comp else None  # the first step under torch.compile, compilation included
+    compute_s = fit_s - (ev.time_s if ev else 0.0) - ckpt_s - (compile_s or 0.0) if fit_s else None
+    peak = peak_for(device, "tf32" if record.tf32 else PRECISION_DTYPE[record.precision])
     n_devices = record.job.get("world_size", 1)  # one device per rank (a GPU; on CPU, the threads of each rank)
     achieved = train_flops / compute_s if compute_s and train_flops else None
     components, energy_j, method = _components(fit, fin)
@@ -122,7 +124,7 @@ def make_bill(meter: Meter | dict, record: BillRecord, described: Optional[Meter
                              "forward + backward, optimizer update not counted"},
         "steps": record.steps, "samples_trained": samples,
         "time_s": {"total": (fit_s or 0.0) + (fin.time_s if fin else 0.0), "fit": fit_s,
-                   **phases, "eval": eval_s, "checkpoint": ckpt_s,
+                   **phases, "eval": eval_s, "checkpoint": ckpt_s, "compile": compile_s,
                    "phases_note": ("perf_counter around each phase" if device.type == "cpu" else
                                    "perf_counter around each phase; CUDA runs asynchronously, so phase times "
                                    "are launch times and only fit/eval/checkpoint (synchronised) are exact")},
@@ -147,7 +149,7 @@ def make_bill(meter: Meter | dict, record: BillRecord, described: Optional[Meter
                    "efficiency": (train_flops / floor["flops_per_j"]) / fit.energy_j if fit and fit.energy_j else None}
                   if floor and train_flops else None),
         "device": {"type": device.type, "name": peak.device if peak else str(device),
-                   "precision": record.precision, **record.job},
+                   "precision": record.precision, "tf32": record.tf32, **record.job},
     }
 
 
@@ -194,7 +196,8 @@ def format_bill(bill: dict) -> str:
         ("training FLOPs", f"{_si(bill['flops']['train_total'], 'FLOP')} over {bill['steps']:,} steps, "
                            f"{bill['samples_trained']:,} samples"),
         ("time", f"{t['total']:.2f} s (data {t['data']:.2f}, fwd+bwd {t['forward_backward']:.2f}, "
-                 f"optimizer {t['optimizer']:.2f}, eval {t['eval']:.2f}, checkpoint {t['checkpoint']:.2f})"),
+                 f"optimizer {t['optimizer']:.2f}, eval {t['eval']:.2f}, checkpoint {t['checkpoint']:.2f}"
+                 + (f", first step with compilation {t['compile']:.2f}" if t.get("compile") else "") + ")"),
         ("throughput", f"{_si(bill['throughput']['samples_per_s'])} samples/s, "
                        f"{_si(bill['throughput']['model_flops_per_s'], 'FLOP/s')}"),
         ("MFU", (f"{m['value']:.2%} of {_si(peak['flops_per_s'], 'FLOP/s')} ({peak['device']}, {peak['dtype']}; "

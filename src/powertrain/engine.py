@@ -35,7 +35,7 @@ from .callbacks import Callback, Progress
 from .data import DataBundle
 from .data.augment import augment_batch
 from .errors import NonFiniteLoss, RecipeError, RunDirError
-from .hardware import resolve_device, resolve_precision
+from .hardware import resolve_device, resolve_precision, use_tf32
 from .measure import Meter
 from .models.check import check_fit
 from .optim import build_optimizer, build_scheduler, freeze, param_groups
@@ -61,6 +61,7 @@ class Trainer(Outcome, TrainState):
         self.dist = self.strategy.dist
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
+        self.tf32 = use_tf32(self.device, self.precision)
         self.data = data.to(self.device)
         self.task, self.num_classes = data.meta.task, data.meta.num_classes
         self._augment = data.meta.augment
@@ -79,7 +80,8 @@ class Trainer(Outcome, TrainState):
 
             checkpoint_activations(self.model)
         self.forward_model = self.strategy.wrap(self.model, cfg.compile, self.device, self.precision, seed)
-        self.optimizer = build_optimizer(param_groups(self.model, cfg), cfg)
+        fused = self.device.type == "cuda" and self.dist.strategy != "fsdp"  # one kernel per update on a GPU
+        self.optimizer = build_optimizer(param_groups(self.model, cfg), cfg, fused=fused)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" and self.device.type == "cuda" else None
         shared = self.strategy.share_path(Path(run_dir) if run_dir is not None else None)
@@ -195,6 +197,7 @@ class Trainer(Outcome, TrainState):
         self._t_log = time.perf_counter()
         self._fit_start_step = self.step
         self._next_due = self._due_after(self.step)
+        self._compiling = self.cfg.compile  # in each fit (a resumed run compiles again)
         if self.meter:
             self.meter.begin("fit")
         self._in_fit = True
@@ -251,12 +254,25 @@ class Trainer(Outcome, TrainState):
             if self._augment is not None:  # train batches only; draws from the checkpointed RNG
                 batch = (augment_batch(batch[0], self._augment), *batch[1:])
             self.phase_s["data"] += time.perf_counter() - t_data
-            loss = self.strategy.step(self.train_step, batch)
+            if self._compiling:  # the first step under torch.compile compiles: billed as its own window
+                loss = self._compile_step(batch)
+            else:
+                loss = self.strategy.step(self.train_step, batch)
             self.step += 1
             self._after_step(loss, len(batch[0]))
             if self._boundary():
                 return
             t_data = time.perf_counter()
+
+    def _compile_step(self, batch: tuple) -> torch.Tensor:
+        self._compiling = False
+        if self.meter:
+            self.meter.begin("compile")
+        try:
+            return self.strategy.step(self.train_step, batch)
+        finally:
+            if self.meter:
+                self.meter.end("compile")
 
     def _boundary(self) -> bool:
         """Everything due after optimizer step `self.step`, in one fixed order: close the epoch window,

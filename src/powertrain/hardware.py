@@ -47,6 +47,16 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
+def use_tf32(device: torch.device, precision: str) -> bool:
+    """TF32 tensor-core matmuls for fp32 on GPUs that have them (Ampere and newer: ~8x fp32's rate, a
+    10-bit mantissa). Returns whether they are on; the bill says so and measures MFU against TF32's peak."""
+    if device.type != "cuda" or precision != "fp32" or torch.cuda.get_device_capability(device)[0] < 8:
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> bf16 on GPUs that support it, fp16 (with a GradScaler) on older GPUs, fp32 on CPU.
 

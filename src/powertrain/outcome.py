@@ -164,4 +164,5 @@ class Outcome:
                           flops_per_sample_forward=self.forward_flops_per_sample, flops_per_step_train=per_step or None,
                           train_flops=self.train_flops(0, self.step), steps=self.step,
                           samples_trained=self.samples_trained(), samples_evaluated=self.eval_samples["final_eval"],
-                          device=self.device, precision=self.precision, phase_s=dict(self.phase_s), job=job)
+                          device=self.device, precision=self.precision, tf32=self.tf32, phase_s=dict(self.phase_s),
+                          job=job)
