@@ -19,7 +19,7 @@ import torch
 
 from . import checkpoint, data, distributed, models, visualize
 from .bill import carbon_model
-from .engine import Trainer, print_interrupted
+from .engine import Trainer
 from .errors import RecipeError, RunDirError
 from .hardware import environment, resolve_device
 from .measure import Meter
@@ -58,8 +58,20 @@ def build_trainer(recipe: Recipe, run: Optional[RunDir], callbacks=None, *, teac
     meter = Meter(carbon=carbon_model(recipe.run))
     if recipe.run.idle_baseline_s:
         meter.measure_idle(recipe.run.idle_baseline_s)
+    if run is not None and writes and main and (recipe.run.tensorboard or recipe.run.mlflow):
+        from . import loggers  # TensorBoard / MLflow: a missing package fails here, before anything trains
+        from .callbacks import Progress
+
+        callbacks = [*([Progress()] if callbacks is None else callbacks), *loggers.for_recipe(recipe.run)]
     kwargs = dict(run_dir=run if run is not None and writes else None, callbacks=callbacks,
                   seed=recipe.run.seed, meter=meter)
+    if recipe.train.privacy is not None:  # DP-SGD (privacy.py): a PrivateTrainer, as train.distill picks a Distiller
+        from .privacy import PrivateTrainer, private_model
+
+        if cls is Trainer:
+            cls = PrivateTrainer
+        else:  # e.g. pruning a private run: the same layers as it trained (Opacus's replacements)
+            model = private_model(model)[0]
     kd = recipe.train.distill
     if kd is not None and teacher:
         from .distill import Distiller, load_teacher
@@ -98,7 +110,7 @@ def _fit(trainer: Trainer, recipe: Recipe, run: RunDir) -> Run:
         trainer.fit()
     except Interrupted as e:
         if main:
-            print_interrupted(e, run.path)
+            e.tell(run.path)
         raise
     except KeyboardInterrupt:  # a second Ctrl-C, or raised by a callback: the step was abandoned
         if main:
@@ -110,6 +122,10 @@ def _fit(trainer: Trainer, recipe: Recipe, run: RunDir) -> Run:
     if figures:
         results["figures"] = [p.name for p in figures]
         run.write("eval", results)
+    if main and (recipe.run.tensorboard or recipe.run.mlflow):
+        from . import loggers
+
+        loggers.finish(trainer)  # the bill exists only now (Trainer.finish runs after on_fit_end)
     distributed.finish_job()
     return Run(run.path, recipe, results, trainer, trainer.final_bill)
 

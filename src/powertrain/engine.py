@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -34,7 +33,7 @@ from . import strategy as strategies
 from .callbacks import Callback, Progress
 from .data import DataBundle
 from .data.augment import augment_batch
-from .errors import NonFiniteLoss, RecipeError, RunDirError
+from .errors import NonFiniteLoss, RecipeError
 from .hardware import resolve_device, resolve_precision, use_tf32
 from .measure import Meter
 from .models.check import check_fit
@@ -234,18 +233,6 @@ class Trainer(Outcome, TrainState):
         for cb in self.callbacks:
             cb.on_fit_end(self)
 
-    def _open_run(self) -> MetricsLog:
-        """The run directory, made if needed (env.json: what this ran on), its lock held by this process."""
-        self.run.path.mkdir(parents=True, exist_ok=True)
-        self._owns_lock = self.run._lock_fd is None  # api.train holds it already; a rung-2 run takes it here
-        self.run.lock()
-        if not self.run.env_file.exists():
-            from .atomic import write_json
-            from .hardware import environment
-
-            write_json(self.run.env_file, environment(self.device))
-        return self.run.metrics_log()
-
     def _train_epoch(self) -> None:
         epoch, start = divmod(self.step, self.steps_per_epoch)
         self._epoch_window(begin=True)
@@ -409,9 +396,4 @@ class Trainer(Outcome, TrainState):
         elif self.run is not None and self.dist.is_main:
             self.run.append_metrics(record)
 
-def print_interrupted(e: Interrupted, run_dir) -> None:
-    kept = f"checkpoint saved in {e.checkpoint}" if e.checkpoint else "no checkpoint was written"
-    print(f"\ninterrupted at step {e.step}; {kept}\nresume with: powertrain resume {run_dir}", file=sys.stderr, flush=True)
-
-
-__all__ = ["Trainer", "Interrupted", "RunDirError"]
+__all__ = ["Trainer", "Interrupted"]

@@ -10,6 +10,7 @@ True
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from typing import Optional
 
@@ -24,6 +25,12 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         self.exit_code = 128 + signum
+
+    def tell(self, run_dir) -> None:
+        """What was kept and the command that continues, on stderr."""
+        kept = f"checkpoint saved in {self.checkpoint}" if self.checkpoint else "no checkpoint was written"
+        print(f"\ninterrupted at step {self.step}; {kept}\nresume with: powertrain resume {run_dir}", file=sys.stderr,
+              flush=True)
 
 
 class Deferred:

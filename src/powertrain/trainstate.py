@@ -11,10 +11,23 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import RunDirError
+from .rundir import MetricsLog
 
 
 class TrainState:
     """Mixin of `Trainer`: state_dict / load_state_dict, save_checkpoint, resume."""
+
+    def _open_run(self) -> "MetricsLog":
+        """The run directory, made if needed (env.json: what this ran on), its lock held by this process."""
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        self._owns_lock = self.run._lock_fd is None  # api.train holds it already; a rung-2 run takes it here
+        self.run.lock()
+        if not self.run.env_file.exists():
+            from .atomic import write_json
+            from .hardware import environment
+
+            write_json(self.run.env_file, environment(self.device))
+        return self.run.metrics_log()
 
     def state_dict(self) -> dict:
         """Everything but the weights and the optimizer that a resume needs (in a job: a collective,
