@@ -10,8 +10,11 @@ import sys
 from .errors import PowertrainError
 
 
-def _print_results(run) -> None:
+def _print_results(run, quiet: bool = False) -> None:
     if not run.trainer.dist.is_main:  # a job prints one report: rank 0's
+        return
+    if quiet:  # --quiet: the run directory alone, for scripts
+        print(run.dir)
         return
     for split in ("test", "val"):
         m = run.metrics.get(split)
@@ -37,9 +40,18 @@ def cmd_train(args) -> int:
         r = load_recipe(recipe, overrides)  # a bad recipe fails here, once, not in N processes
         refuse_before_launch(r)
         out = args.out or r.run.out or str(default_out(r.name))  # fixed now: restarts resume the same folder
-        return launch(["train", recipe, *overrides, "--out", out], args.nproc)
-    _print_results(train(recipe, overrides, out=args.out))
+        return launch(["train", recipe, *overrides, "--out", out, *_quiet_flags(args)], args.nproc)
+    _print_results(train(recipe, overrides, out=args.out, callbacks=_callbacks(args)), args.quiet)
     return 0
+
+
+def _callbacks(args):
+    """None: the default progress display; []: none (--no-progress, --quiet)."""
+    return [] if args.quiet or not args.progress else None
+
+
+def _quiet_flags(args) -> list[str]:
+    return [*(["--quiet"] if args.quiet else []), *([] if args.progress else ["--no-progress"])]
 
 
 def cmd_distill(args) -> int:
@@ -59,9 +71,11 @@ def cmd_distill(args) -> int:
         out = args.out or r.run.out or str(default_out(r.name))
         flags = [f"--{k}={v}" for k, v in (("alpha", args.alpha), ("temperature", args.temperature)) if v is not None]
         return launch(["distill", "--teacher", args.teacher, args.recipe, *args.overrides, *flags, "--out", out,
-                       *([] if args.progress else ["--no-progress"])], args.nproc)
-    run = train(parse_recipe(apply_overrides(raw, kd)), out=args.out, callbacks=None if args.progress else [])
-    _print_results(run)
+                       *_quiet_flags(args)], args.nproc)
+    run = train(parse_recipe(apply_overrides(raw, kd)), out=args.out, callbacks=_callbacks(args))
+    _print_results(run, args.quiet)
+    if args.quiet:
+        return 0
     t, d = run.bill.get("teacher"), run.bill.get("distill")
     if t and d:
         def line(who, b):
@@ -87,8 +101,8 @@ def cmd_resume(args) -> int:
         new = run.recipe(args.overrides)
         check_resume_overrides(run.recipe(), new)
         refuse_before_launch(new)
-        return launch(["resume", args.run_dir, *args.overrides], args.nproc)
-    _print_results(resume(args.run_dir, args.overrides))
+        return launch(["resume", args.run_dir, *args.overrides, *_quiet_flags(args)], args.nproc)
+    _print_results(resume(args.run_dir, args.overrides, callbacks=_callbacks(args)), args.quiet)
     return 0
 
 
@@ -135,6 +149,39 @@ def cmd_compare(args) -> int:
     print(table(rows, args.metric))
     if png:
         print(f"Pareto plot written to {png}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report_html import report
+
+    path = report(args.run_dirs, out=args.out, metric=args.metric, split=args.split)
+    print(path if args.quiet else f"report written to {path} (open it in a browser; it needs no network)")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .runlist import find_runs, format_runs
+
+    rows = find_runs(args.dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_runs(rows, args.dir))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import format_predictions, inference_line, predict, write_predictions
+
+    result = predict(args.run_dir, args.input,
+                     batch_size=_number(args.batch_size, "--batch-size", int, "a whole number >= 1"),
+                     max_new_tokens=_number(args.max_new_tokens, "--max-new-tokens", int, "a whole number >= 0"))
+    if args.out:
+        print(f"predictions written to {write_predictions(result, args.out)}")
+    else:
+        print(format_predictions(result))
+    print(inference_line(result), file=sys.stderr if not args.out else sys.stdout)
     return 0
 
 
@@ -220,6 +267,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-3 train.epochs=5")
     t.add_argument("--out", help="run directory (default runs/<recipe>-<timestamp>)")
     t.add_argument("--nproc", type=int, help="launch N processes on this node with torchrun (DDP, or train.strategy)")
+    quiet_args(t)
     t.set_defaults(func=cmd_train)
 
     ds = sub.add_parser("distill", help="train a student recipe against a trained teacher run (knowledge distillation)")
@@ -230,13 +278,14 @@ def parser() -> argparse.ArgumentParser:
     ds.add_argument("--temperature", help="softmax temperature T of the soft targets (default 4.0 or the recipe's)")
     ds.add_argument("--out", help="run directory (default runs/<recipe>-<timestamp>)")
     ds.add_argument("--nproc", type=int, help="launch N processes on this node with torchrun (DDP)")
-    ds.add_argument("--no-progress", dest="progress", action="store_false", help="no progress display")
+    quiet_args(ds)
     ds.set_defaults(func=cmd_distill)
 
     r = sub.add_parser("resume", help="continue a run from its last checkpoint")
     r.add_argument("run_dir")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=20 to train longer")
     r.add_argument("--nproc", type=int, help="resume with N processes on this node (any number: see docs/scaling.md)")
+    quiet_args(r)
     r.set_defaults(func=cmd_resume)
 
     e = sub.add_parser("eval", help="recompute a split's metrics from a run's checkpoint")
@@ -279,13 +328,36 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--params", type=float, help="model parameters N (e.g. 7e9)")
     pl.add_argument("--tokens", type=float, help="training tokens (or samples) D; default: Chinchilla 20 N")
     pl.add_argument("--flops", type=float, help="a FLOP budget instead of N and D: gives the compute-optimal split")
-    pl.add_argument("--device", default="h100", help="device in the peak table, e.g. h100, a100, h200, l4")
+    pl.add_argument("--device", default="h100", help="device in the peak table, e.g. h100, a100, h200, l4; "
+                                                     "or cpu: this machine's CPU at its measured peak")
     pl.add_argument("--count", type=int, default=1, help="number of devices")
-    pl.add_argument("--dtype", default="bf16")
+    pl.add_argument("--dtype", help="number format of the peak: bf16 (default on GPUs), fp32 (default on the CPU), fp16")
     pl.add_argument("--mfu", type=float, help="assumed MFU (default 0.40, or measured with --from)")
     pl.add_argument("--from", dest="from_run", help="calibrate MFU and J/FLOP from this measured run directory")
     carbon_args(pl)
     pl.set_defaults(func=cmd_plan)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page about one or several runs (curves, bill, energy, Pareto)")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN", help="run directories (several: compared on one page)")
+    rp.add_argument("--out", help="the HTML file (default: RUN/report.html for one run, ./report.html for several)")
+    rp.add_argument("--metric", help="metric to compare several runs on (default: their headline metric, e.g. accuracy)")
+    rp.add_argument("--split", default="test", choices=["val", "test"])
+    rp.add_argument("--quiet", action="store_true", help="print only the file written")
+    rp.set_defaults(func=cmd_report)
+
+    rs = sub.add_parser("runs", help="list the runs under a folder: recipe, status, headline metric, energy, date")
+    rs.add_argument("dir", nargs="?", default="runs", help="folder to search (default: runs)")
+    rs.add_argument("--json", action="store_true", help="print the rows as JSON")
+    rs.set_defaults(func=cmd_runs)
+
+    pr = sub.add_parser("predict", help="run a trained model on a file (CSV, .npy, image, or a prompt) and bill the inference")
+    pr.add_argument("run_dir")
+    pr.add_argument("input", help="a .csv, .npy, image file or folder of images; for a language model, the prompt")
+    pr.add_argument("--out", help="write the predictions to a .csv, .json (with the bill) or .npy (raw outputs) file")
+    pr.add_argument("--batch-size", dest="batch_size", default="256", help="samples per forward pass (default 256)")
+    pr.add_argument("--max-new-tokens", dest="max_new_tokens", default="100",
+                    help="language models: tokens of greedy continuation (default 100)")
+    pr.set_defaults(func=cmd_predict)
 
     from .compress.cli import add_commands
 
@@ -295,7 +367,38 @@ def parser() -> argparse.ArgumentParser:
     pk.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "fp64"])
     pk.add_argument("--refresh", action="store_true", help="measure again instead of reading the cache")
     pk.set_defaults(func=cmd_peak)
+    for name, command in sub.choices.items():  # every command's --help ends with an example
+        example = EXAMPLES.get(name)
+        if example:
+            command.epilog = "example:\n  " + example
+            command.formatter_class = argparse.RawDescriptionHelpFormatter
     return p
+
+
+def quiet_args(q) -> None:
+    q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress display")
+    q.add_argument("--quiet", "-q", action="store_true", help="no progress and no results: print only the run directory")
+
+
+EXAMPLES = {  # one per command, shown by `powertrain COMMAND --help`
+    "train": "powertrain train digits-mlp train.epochs=5 --out runs/digits --no-progress",
+    "distill": "powertrain distill --teacher runs/digits-cnn digits-mlp --temperature 4 --out runs/student",
+    "resume": "powertrain resume runs/digits train.epochs=20",
+    "eval": "powertrain eval runs/digits --split val",
+    "recipes": "powertrain recipes",
+    "generate": "powertrain generate runs/gpt-stdlib --prompt 'def ' --max-new-tokens 200",
+    "bill": "powertrain bill runs/digits --region 350 --pue 1.2",
+    "regions": "powertrain regions",
+    "compare": "powertrain compare runs/digits-* --metric accuracy --png pareto.png",
+    "plan": "powertrain plan --params 7e9 --device h100 --count 64",
+    "report": "powertrain report runs/digits runs/digits-int8 --out compare.html",
+    "runs": "powertrain runs runs/",
+    "predict": "powertrain predict runs/digits samples.npy --out predictions.csv",
+    "prune": "powertrain prune runs/digits --sparsity 0.5 --out runs/digits-pruned",
+    "quantize": "powertrain quantize runs/digits --mode static --out runs/digits-int8",
+    "export": "powertrain export runs/digits --format onnx --out digits.onnx",
+    "peak": "powertrain peak --dtype bf16 --refresh",
+}
 
 
 _OS_FIXES = {  # errno -> (the cause in words, the fix)

@@ -47,6 +47,24 @@ class NonFiniteLoss(PowertrainError):
     """The training loss became NaN or inf."""
 
 
+class MissingExtra(PowertrainError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+    exit_code = 2
+
+
+def need_extra(module: str, extra: str, what: str):
+    """`module` imported, or a one-line MissingExtra naming the pip extra, e.g.
+    need_extra("mlflow", "mlflow", "run.mlflow")."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"{what} needs the '{module.split('.')[0]}' package, which is not installed; "
+                           f"pip install 'powertrain[{extra}]'") from None
+
+
 def closest(word: str, choices) -> str:
     """' (did you mean 'x'?)' when a choice is close to `word`, else ''."""
     match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)

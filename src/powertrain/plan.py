@@ -43,7 +43,7 @@ def _calibration(from_run: str) -> dict:
 
 
 def plan(params: Optional[float] = None, tokens: Optional[float] = None, device: str = "h100", count: int = 1,
-         dtype: str = "bf16", mfu: Optional[float] = None, from_run: Optional[str] = None,
+         dtype: Optional[str] = None, mfu: Optional[float] = None, from_run: Optional[str] = None,
          region: Optional[str] = None, pue: Optional[float] = None, price_per_kwh: Optional[float] = None,
          flops: Optional[float] = None) -> dict:
     """Predict FLOPs, time, energy, CO2e and cost of training N params on D tokens on count devices."""
@@ -58,7 +58,21 @@ def plan(params: Optional[float] = None, tokens: Optional[float] = None, device:
         tokens = TOKENS_PER_PARAM * params
         notes.append(f"D not given: {TOKENS_PER_PARAM} tokens per parameter (Chinchilla)")
     total = 6 * params * tokens
-    peak = lookup_peak(device, dtype)
+    is_cpu = device.strip().lower() == "cpu"
+    dtype = dtype or ("fp32" if is_cpu else "bf16")
+    cpu_power = None
+    if is_cpu:  # this machine's CPU: its measured (cached) matmul peak, its estimated power
+        from .measure import cpu_peak, cpu_w_per_core
+
+        if dtype not in ("fp32", "bf16", "fp16", "fp64"):
+            raise RecipeError(f"--dtype {dtype}: the CPU's peak is measured for fp32, bf16, fp16 or fp64")
+        peak = cpu_peak(dtype)
+        w, w_source = cpu_w_per_core(peak.device)
+        import torch
+
+        cpu_power = (w * torch.get_num_threads(), f"{torch.get_num_threads()} threads x {w:g} W per core ({w_source})")
+    else:
+        peak = lookup_peak(device, dtype)
     if peak is None:
         known = ", ".join(s.device for s in GPU_PEAKS)
         raise RecipeError(f"--device '{device}' with --dtype {dtype}: no dense peak in the table; known: {known}")
@@ -77,6 +91,9 @@ def plan(params: Optional[float] = None, tokens: Optional[float] = None, device:
     time_s = total / (count * peak.flops_per_s * mfu_v)
     if cal:
         energy_j, energy_src = total * cal["j_per_flop"], f"J/FLOP measured in {cal['run']} ({cal['energy_method']})"
+    elif cpu_power is not None:
+        energy_j = count * cpu_power[0] * time_s
+        energy_src = f"estimated: {count} x {cpu_power[0]:g} W = {cpu_power[1]} for the whole run"
     else:
         energy_j = count * peak.rated_power_w * time_s
         energy_src = (f"assumed: each of {count} devices draws its rated {peak.rated_power_w:g} W for the whole run "
@@ -98,7 +115,37 @@ def plan(params: Optional[float] = None, tokens: Optional[float] = None, device:
 
 
 def _mass(grams: float) -> str:
-    return f"{grams / 1e6:,.2f} t" if grams >= 1e6 else f"{grams / 1e3:,.2f} kg" if grams >= 1e3 else f"{grams:.3g} g"
+    """2.5 t / 31.4 kg / 12 g / 3.2 mg / 4.1 ug: never a plan rounded to nothing."""
+    if grams >= 1e6:
+        return f"{grams / 1e6:,.3g} t"
+    for factor, unit in ((1e3, "kg"), (1.0, "g"), (1e-3, "mg")):
+        if grams >= factor:
+            return f"{grams / factor:.3g} {unit}"
+    return f"{grams * 1e6:.3g} ug"
+
+
+def human_time(seconds: float) -> str:
+    """A duration in the unit that fits it: 420 ms, 12.5 s, 7.3 min, 5.2 h, 3.4 days, 2.1 years."""
+    for limit, factor, unit in ((1.0, 1e-3, "ms"), (120, 1, "s"), (7200, 60, "min"), (172800, 3600, "h"),
+                                (2 * 365.25 * 86400, 86400, "days")):
+        if seconds < limit:
+            return f"{seconds / factor:.3g} {unit}" if unit != "ms" or seconds >= 1e-6 else f"{seconds * 1e6:.3g} us"
+    return f"{seconds / (365.25 * 86400):,.3g} years"
+
+
+def human_energy(joules: float) -> str:
+    """Energy in the unit that fits it: 15 J, 2.4 Wh, 310 kWh, 4.2 GWh (1 Wh = 3600 J)."""
+    if joules < 360:
+        return f"{joules:.3g} J" if joules >= 1e-3 else f"{joules * 1e3:.3g} mJ"
+    wh = joules / 3600
+    for factor, unit in ((1e9, "TWh"), (1e6, "GWh"), (1e3, "MWh"), (1, "kWh")):
+        if wh / 1e3 >= factor:
+            return f"{wh / 1e3 / factor:,.3g} {unit}"
+    return f"{wh:.3g} Wh"
+
+
+def _money(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
 def format_plan(p: dict) -> str:
@@ -107,15 +154,16 @@ def format_plan(p: dict) -> str:
         f"plan: {p['params']:.3g} parameters on {p['tokens']:.3g} tokens, {p['count']} x {p['device']} ({p['dtype']})",
         f"  FLOPs            {p['flops']:.3g}  ({p['flops_source']})",
         f"  MFU              {p['mfu']['value']:.1%}  ({p['mfu']['source']})",
-        f"  time             {p['time_s'] / 86400:.2f} days ({p['device_hours']:,.0f} device-hours) at "
+        f"  time             {human_time(p['time_s'])} ({human_time(p['time_s'] * p['count'])} of device time) at "
         f"{p['peak']['flops_per_s']:.3g} FLOP/s peak per device ({p['peak']['source']})",
-        f"  energy           {p['kwh']:,.0f} kWh at the facility ({p['energy_j']:.3g} J; {p['energy_source']}; "
+        f"  energy           {human_energy(p['energy_j'] * p['carbon']['pue'])} at the facility ({p['energy_j']:.3g} J "
+        f"at the device; {p['energy_source']}; "
         f"PUE {p['carbon']['pue']:g})",
         f"  CO2e             {_mass(p['co2e_g'])} ({p['carbon']['intensity']['region']}, "
         f"{p['carbon']['intensity']['g_per_kwh']:g} g/kWh; {p['carbon']['intensity']['source']})",
     ]
     if p["cost"] is not None:
-        lines.append(f"  electricity cost {p['cost']:,.0f} {p['carbon']['currency']}")
+        lines.append(f"  electricity cost {_money(p['cost'])} {p['carbon']['currency']}")
     lines.append(f"  compute-optimal  for the same FLOPs: {opt['params']:.3g} parameters on {opt['tokens']:.3g} tokens "
                  f"({opt['source']})")
     lines += [f"  note: {n}" for n in p["notes"]]

@@ -86,6 +86,8 @@ class RunConfig(Strict):
     price_per_kwh: Optional[float] = Field(None, ge=0)  # electricity price, for a cost line in the bill
     idle_baseline_s: float = Field(0.0, ge=0)  # measure idle power this long first; report energy above idle
     parent: Optional[str] = None  # the run this one derives from (set by distill and model.init_from); compare joins them
+    tensorboard: bool = False  # write TensorBoard event files into <run>/tensorboard (pip install 'powertrain[tensorboard]')
+    mlflow: bool | str = False  # log to MLflow: true = MLflow's default store (./mlflow.db or ./mlruns), or a tracking URI
 
 
 class Section(BaseModel):

@@ -144,26 +144,47 @@ def _fmt(v, spec: str) -> str:
 def compare(run_dirs: list[str | Path], metric: str = "accuracy", split: str = "test",
             png: Optional[str | Path] = None) -> tuple[list[dict], Optional[Path]]:
     """Rows for each run (printed by the CLI) and, with `png`, the Pareto plot written there."""
-    rows = [load_row(d, metric, split) for d in run_dirs]
+    rows = mark_fronts([load_row(d, metric, split) for d in run_dirs], metric)
+    return rows, (plot(rows, metric, split, Path(png)) if png else None)
+
+
+HEADLINE = ("accuracy", "r2", "elbo_nats", "mse", "bits_per_char", "perplexity", "loss")
+
+
+def headline_metric(metrics: Optional[dict]) -> Optional[str]:
+    """The metric that sums up an evaluation: accuracy for classifiers, R² for regression, the ELBO or MSE
+    for reconstruction, else the loss.
+
+    >>> headline_metric({"loss": 0.3, "accuracy": 0.9, "f1_macro": 0.89})
+    'accuracy'
+    """
+    for name in HEADLINE:
+        if isinstance((metrics or {}).get(name), (int, float)):
+            return name
+    return None
+
+
+def mark_fronts(rows: list[dict], metric: str) -> list[dict]:
+    """Set row["pareto_<cost>"] for the rows on the front of `metric` against each cost, one front per dataset."""
     higher = metric not in LOWER_IS_BETTER
-    for key in ("energy_j", "train_flops", "size_bytes"):
+    for key in ("energy_j", "train_flops", "time_s", "size_bytes"):
         for data_key in dict.fromkeys(r["data"] for r in rows):  # one front per dataset
             idx = [i for i, r in enumerate(rows) if r[key] is not None and r["data"] == data_key]
             for k in pareto_front([(rows[i][key], rows[i]["metric"]) for i in idx], higher):
                 rows[idx[k]][f"pareto_{key}"] = True
-    return rows, (plot(rows, metric, split, Path(png)) if png else None)
+    return rows
 
 
 def table(rows: list[dict], metric: str) -> str:
-    head = f"{'run':<34} {metric:>9} {'params':>10} {'train FLOPs':>12} {'time s':>8} {'energy J':>10} {'CO2e g':>8}  pareto  energy method"
+    head = f"{'#':>2} {'run':<34} {metric:>9} {'params':>10} {'train FLOPs':>12} {'time s':>8} {'energy J':>10} {'CO2e g':>8}  pareto  energy method"
     lines = [head]
-    for r in rows:
+    for i, r in enumerate(rows):
         mark = "E" if r.get("pareto_energy_j") else " "
         mark += "F" if r.get("pareto_train_flops") else " "
-        lines.append(f"{r['run'][:34]:<34} {r['metric']:>9.4f} {_fmt(r['params'], ','):>10} {_fmt(r['train_flops'], '.3g'):>12} "
-                     f"{_fmt(r['time_s'], '.1f'):>8} {_fmt(r['energy_j'], '.4g'):>10} {_fmt(r['co2e_g'], '.3g'):>8}  {mark:<6}  "
+        lines.append(f"{r.get('n', i + 1):>2} {r['run'][:34]:<34} {r['metric']:>9.4f} {_fmt(r['params'], ','):>10} {_fmt(r['train_flops'], '.3g'):>12} "
+                     f"{_fmt(r['time_s'], '.3g'):>8} {_fmt(r['energy_j'], '.4g'):>10} {_fmt(r['co2e_g'], '.3g'):>8}  {mark:<6}  "
                      f"{r['energy_method'] or '-'}")
-    lines.append("pareto: E = on the metric-vs-energy front, F = on the metric-vs-FLOPs front")
+    lines.append("pareto: E = on the metric-vs-energy front, F = on the metric-vs-FLOPs front; # = the run's number on the plot")
     children = [r for r in rows if r.get("parent")]
     if children:
         names = {str(Path(r["dir"]).resolve()): r["run"] for r in rows}
@@ -206,7 +227,64 @@ def _arrows(ax, rows: list[dict], key: str) -> None:
                         arrowprops={"arrowstyle": "->", "color": "0.45", "linestyle": "--", "lw": 1})
 
 
-def plot(rows: list[dict], metric: str, split: str, png: Path) -> Path:
+def _label_boxes(w: float, h: float, x: float, y: float, r: float):
+    """Candidate boxes (x0, y0, x1, y1) in display units for a w x h label around the point (x, y), at
+    distance r: right, upper right, up, upper left, left, lower left, down, lower right."""
+    for dx, dy in ((1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1)):
+        cx = x + dx * (r + w / 2) if dx else x
+        cy = y + dy * (r + h / 2) if dy else y
+        yield (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), (dx, dy)
+
+
+def _overlap(a, b) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def label_points(ax, xs: list[float], ys: list[float], labels: list[str], fontsize: float = 8) -> None:
+    """Write each label beside its point where it overlaps the fewest other labels and points: a greedy
+    search over 8 directions at growing distances (a leader line joins a label pushed away). Call it after
+    the axes' limits and scales are final (it places in display coordinates)."""
+    fig = ax.figure
+    fig.canvas.draw()  # final layout: transforms are now what the file will show
+    px = fig.dpi / 72.0
+    pts = ax.transData.transform(list(zip(xs, ys)))
+    inside = ax.get_window_extent()
+    marker = 5 * px
+    obstacles = [(x - marker, y - marker, x + marker, y + marker) for x, y in pts]
+    placed: list = []
+    order = sorted(range(len(xs)), key=lambda i: (pts[i][0], pts[i][1]))
+    for i in order:
+        w, h = (0.62 * len(labels[i]) + 0.4) * fontsize * px, 1.25 * fontsize * px
+        best = None
+        for step, r in enumerate((3 * px, 9 * px, 16 * px, 26 * px)):
+            for box, d in _label_boxes(w, h, *pts[i], r):
+                cost = sum(_overlap(box, o) for o in placed) * 4 + sum(
+                    _overlap(box, o) for j, o in enumerate(obstacles) if j != i)
+                out = (max(0, inside.x0 - box[0]) + max(0, box[2] - inside.x1)
+                       + max(0, inside.y0 - box[1]) + max(0, box[3] - inside.y1))
+                cost += out * h * 2 + step * 0.05 * w * h  # nearer is better when all else is equal
+                if best is None or cost < best[0]:
+                    best = (cost, box, d, r, step)
+            if best[0] < 1e-9:
+                break
+        _, box, d, r, step = best
+        placed.append(box)
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        ax.annotate(labels[i], (xs[i], ys[i]), xytext=((cx - pts[i][0]) / px, (cy - pts[i][1]) / px),
+                    textcoords="offset points", ha="center", va="center", fontsize=fontsize, zorder=5,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+                    arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6} if step >= 2 else None)
+
+
+PANELS = {"energy_j": "training energy (J)", "train_flops": "training FLOPs", "time_s": "training time (s)",
+          "size_bytes": "model size on disk (bytes)"}
+
+
+def pareto_figure(rows: list[dict], metric: str, split: str, keys=("energy_j", "train_flops", "size_bytes"),
+                  key_text: bool = True):
+    """The Pareto plots (one panel per cost in `keys`) as a matplotlib Figure. Each point carries its row's
+    number (1, 2, ...; `row["n"]` if set), placed where it overlaps least; with `key_text` a key below the
+    panels names the run behind each number."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,34 +292,41 @@ def plot(rows: list[dict], metric: str, split: str, png: Path) -> Path:
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    panels = ((axes[0], "energy_j", "training energy (J)"), (axes[1], "train_flops", "training FLOPs"),
-              (axes[2], "size_bytes", "model size on disk (bytes)"))
+    numbers = [str(r.get("n", i + 1)) for i, r in enumerate(rows)]
+    key_lines = [f"{n}  {r['run']}" + (f"  ({r['method']})" if r.get("method") else "") for n, r in zip(numbers, rows)]
+    cols = 1 if len(rows) <= 4 else 2 if len(rows) <= 12 else 3
+    key_rows = -(-len(rows) // cols) if key_text else 0
+    width = 5.4 * len(keys)
+    fig = plt.figure(figsize=(width, 4.6 + 0.2 * key_rows))
+    body = 4.6 / (4.6 + 0.2 * key_rows)
+    axes = [fig.add_axes((0.06 + i / len(keys), 1 - body + 0.12 * body, 1 / len(keys) - 0.085, 0.76 * body))
+            for i in range(len(keys))]
     methods = sorted({r["method"] for r in rows if r.get("method")})
-    for ax, key, label in panels:
-        pts = [r for r in rows if r[key] is not None]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10
+    for ax, key in zip(axes, keys):
+        label = PANELS[key]
+        pts = [(n, r) for n, r in zip(numbers, rows) if r.get(key) is not None]
         if not pts:
             ax.text(0.5, 0.5, f"no {label} in these runs", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([]), ax.set_yticks([])
             continue
-        groups = list(dict.fromkeys(r["data"] for r in pts))
-        for g, color in zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
-            mine = [r for r in pts if r["data"] == g]
+        groups = list(dict.fromkeys(r["data"] for _, r in pts))
+        for g, color in zip(groups, colors):
+            mine = [r for _, r in pts if r["data"] == g]
             prefix = f"{g}: " if len(groups) > 1 else ""
             for r in mine:
-                ax.scatter([r[key]], [r["metric"]], color=color, alpha=0.55, zorder=2, marker=_marker(r.get("method")), s=40)
+                ax.scatter([r[key]], [r["metric"]], color=color, alpha=0.7, zorder=2, marker=_marker(r.get("method")), s=36)
             front = sorted((r for r in mine if r.get(f"pareto_{key}")), key=lambda r: r[key])
-            ax.plot([r[key] for r in front], [r["metric"] for r in front], "-", color=color, zorder=3,
+            ax.plot([r[key] for r in front], [r["metric"] for r in front], "-", color=color, zorder=3, lw=1.2,
                     label=f"{prefix}Pareto front")
-        _arrows(ax, pts, key)
-        for r in pts:
-            text = r["run"] + (f" ({r['method']})" if r.get("method") else "")
-            ax.annotate(text, (r[key], r["metric"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        xs = [r[key] for r in pts if r[key] > 0]
+        _arrows(ax, [r for _, r in pts], key)
+        xs = [r[key] for _, r in pts if r[key] > 0]
         if xs and max(xs) > 20 * min(xs):  # a log axis over less than a decade or so has no readable ticks
             ax.set_xscale("log")
         else:  # few short ticks (1.2T, 500k), not an offset that collides with the axis label
             ax.xaxis.set_major_locator(MaxNLocator(4))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _short(v)))
+        ax.margins(x=0.12, y=0.12)
         ax.set_xlabel(label + (" (children: + parents')" if methods and key != "size_bytes" else ""))
         ax.set_ylabel(f"{split} {metric}")
         ax.grid(alpha=0.3)
@@ -249,10 +334,26 @@ def plot(rows: list[dict], metric: str, split: str, png: Path) -> Path:
         handles += [Line2D([], [], marker=_marker(m), ls="", color="0.3", label=m) for m in methods]
         if methods:
             handles.append(Line2D([], [], ls="--", color="0.45", label="parent -> derived run"))
-        ax.legend(handles=handles, loc="best", fontsize=8)
-    energy = sorted({r["energy_method"] for r in rows if r["energy_method"]})
+        ax.legend(handles=handles, loc="best", fontsize=7)
+    for ax, key in zip(axes, keys):
+        pts = [(n, r) for n, r in zip(numbers, rows) if r.get(key) is not None]
+        if pts:
+            label_points(ax, [r[key] for _, r in pts], [r["metric"] for _, r in pts], [n for n, _ in pts])
+    energy = sorted({r["energy_method"] for r in rows if r.get("energy_method")})
     fig.suptitle(f"{split} {metric} vs cost" + (f"  (energy: {', '.join(energy)})" if energy else ""), fontsize=10)
-    fig.tight_layout()
+    if key_text:
+        per = -(-len(key_lines) // cols)
+        for c in range(cols):
+            fig.text(0.06 + c / cols, 1 - body + 0.01, "\n".join(key_lines[c * per:(c + 1) * per]), va="top",
+                     ha="left", fontsize=8, family="monospace", transform=fig.transFigure)
+    return fig
+
+
+def plot(rows: list[dict], metric: str, split: str, png: Path) -> Path:
+    """The Pareto plots as a PNG (numbered points, and a key naming each run below the panels)."""
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(rows, metric, split)
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
     plt.close(fig)

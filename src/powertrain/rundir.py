@@ -9,6 +9,8 @@
     derived.json   {"parent", "method", "settings", "report"} of a pruned or quantized run
     init_from.json what `model.init_from` loaded (transfer learning)
     .lock          held (flock) by the one process that writes the run; holds its PID
+    tensorboard/   TensorBoard event files (run.tensorboard)    mlflow.json   the MLflow run it logs to (run.mlflow)
+    report.html    `powertrain report RUN`; *.png         pictures: reconstructions, samples, explanations
 
 Every file is written atomically by `atomic_write` (temp file, fsync of the file, rename, fsync of the
 folder). Other modules ask a RunDir for paths; none spells one.
@@ -130,6 +132,9 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     best_weights = property(lambda self: self.path / "checkpoints" / "best.safetensors")
     quantized_weights = property(lambda self: self.path / "checkpoints" / "quantized.safetensors")
+    report_file = property(lambda self: self.path / "report.html")  # `powertrain report RUN` (default --out)
+    tensorboard_dir = property(lambda self: self.path / "tensorboard")  # event files (run.tensorboard)
+    mlflow_file = property(lambda self: self.path / "mlflow.json")  # {"tracking_uri", "experiment_id", "run_id"}
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"{CHECKPOINT_PREFIX}{step:08d}"
@@ -353,6 +358,73 @@ class RunDir:
         except RunDirError as e:
             older = f"; to use the older one pass --checkpoint {found[-2].name}" if len(found) > 1 else ""
             raise RunDirError(f"{e}{older}") from None
+    # -- what a reader sees: pictures, state, age ----------------------------------------------------
+    PICTURE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg")
+
+    def pictures(self) -> list[Path]:
+        """Pictures the run holds (reconstructions, samples, explanations, an audit's ROC...): image files
+        in the run directory and its subfolders, but not in checkpoints/ or tensorboard/."""
+        skip = {self.checkpoints.name, self.tensorboard_dir.name}
+        found = [p for p in self.path.rglob("*") if p.suffix.lower() in self.PICTURE_SUFFIXES and p.is_file()
+                 and not p.name.startswith(".") and p.relative_to(self.path).parts[0] not in skip]
+        return sorted(found, key=lambda p: str(p.relative_to(self.path)))
+
+    @property
+    def started(self) -> float:
+        """When the run was made (env.json's modification time, which nothing rewrites), as a Unix time."""
+        f = self.env_file if self.env_file.exists() else self.path
+        return f.stat().st_mtime
+
+    def writer_pid(self) -> Optional[int]:
+        """The PID of the process writing this run now (it holds the lock), else None. Takes no lock:
+        a shared flock tried without blocking, released at once."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None  # nobody holds it (the flock goes with the descriptor, closed below)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        finally:
+            os.close(fd)
+
+    def status(self) -> dict:
+        """{"state", "step", "checkpoint", "pid"}: state is 'complete' (eval.json: training ended), 'training'
+        (a process holds the lock now), 'interrupted' (stopped by a signal at a checkpoint: resume it) or
+        'failed' (it ended between checkpoints: a crash, an error, a kill; resume from the last checkpoint).
+        step: the newest checkpoint's step, else the last step in metrics.jsonl."""
+        ckpts = self.list_checkpoints()
+        newest = ckpts[-1] if ckpts else None
+        step = int(newest.name[len(CHECKPOINT_PREFIX):]) if newest is not None else None
+        if self.eval_file.exists():
+            state = "complete"
+        elif (pid := self.writer_pid()) is not None:
+            return {"state": "training", "step": self._last_step(step), "checkpoint": newest, "pid": pid}
+        else:
+            state = "interrupted" if newest is not None and self._stop_reason(newest) == "interrupted" else "failed"
+        return {"state": state, "step": step if step is not None else self._last_step(None),
+                "checkpoint": newest, "pid": None}
+
+    def _last_step(self, default: Optional[int]) -> Optional[int]:
+        try:
+            steps = [r["step"] for r in self.metrics() if isinstance(r.get("step"), int)]
+        except RunDirError:
+            return default
+        return max(steps, default=default)
+
+    @staticmethod
+    def _stop_reason(checkpoint: Path) -> Optional[str]:
+        """The stop reason a checkpoint's state.pt recorded (memory-mapped: the optimizer is not read)."""
+        import torch
+
+        try:
+            state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            return None
+        return (state.get("trainer") or {}).get("stop_reason") if isinstance(state, dict) else None
         return found[-1]
 
 

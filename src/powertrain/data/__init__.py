@@ -174,7 +174,12 @@ def make_bundle(train, val, test, meta: DataMeta, opts: DataOptions, norm_axis=0
     """numpy (x, y) pairs -> normalised float32/int64 tensor splits."""
     xs = [None if s is None else s[0] for s in (train, val, test)]
     if opts.normalize:
+        raw = xs[0]
         xs = standardize(*xs, axis=norm_axis)
+        if "standardize" not in meta.extra:  # as the csv loader reports it: model input = (x - mean) / std
+            mean, std = raw.mean(axis=norm_axis), raw.std(axis=norm_axis)
+            meta.extra["standardize"] = {"mean": np.atleast_1d(mean).ravel().tolist(),
+                                         "std": np.atleast_1d(np.where(std == 0, 1.0, std)).ravel().tolist()}
     y_dtype = torch.float32 if meta.task in ("binary", "regression") else torch.long
 
     def split(x, s, name):
