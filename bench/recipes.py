@@ -34,7 +34,8 @@ class Bar:
     metric: str
     threshold: Optional[float]  # None: report only
     higher: bool = True
-    max_time_s: Optional[float] = None  # wall time of the whole command, where the issue sets one
+    max_time_s: Optional[float] = None  # wall time, where the issue sets one
+    whole_command: bool = False  # time `powertrain train NAME` as a new process (start and imports included)
     note: str = ""
     cpu_run: tuple[str, ...] = ()  # a GPU recipe: without CUDA, run this reduced version instead (no pass/fail)
 
@@ -58,6 +59,8 @@ BARS = {
     "mnist1d-transformer": Bar("test", "accuracy", 0.85),
     "csv-mlp": Bar("test", "accuracy", 0.95),
     "diabetes-linear": Bar("test", "r2", None, note="least squares on the same split: 0.329"),
+    "mnist1d-speedrun": Bar("test", "accuracy", 0.95, max_time_s=10, whole_command=True,
+                            note="the whole `powertrain train` command"),
     "fashion-convnet": Bar("test", "accuracy", 0.915, max_time_s=900),
     "fashion-resnet": Bar("test", "accuracy", 0.935, note="GPU recipe",
                           cpu_run=("train.max_steps=20", "data.train_limit=2000")),
@@ -70,10 +73,21 @@ BARS = {
 
 
 def run_one(name: str, seed: int, root: Path, overrides: tuple[str, ...] = ()) -> dict:
-    t0 = time.perf_counter()
-    run = powertrain.train(name, [f"run.seed={seed}", *overrides], out=root / f"{name}-s{seed}", callbacks=[])
-    wall_s = time.perf_counter() - t0
     bar = BARS.get(name, Bar("test", "accuracy", None))
+    out = root / f"{name}-s{seed}"
+    t0 = time.perf_counter()
+    if bar.whole_command:  # a user's wall time: a new Python, its imports, the run, the printed bill
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, "-m", "powertrain", "train", name, f"run.seed={seed}", *overrides,
+                        "--out", str(out)], check=True, capture_output=True)
+        wall_s = time.perf_counter() - t0
+        run = powertrain.api.Run(out, powertrain.RunDir(out).recipe(), powertrain.RunDir(out).read("eval"), None,
+                                 powertrain.RunDir(out).read("bill"))
+    else:
+        run = powertrain.train(name, [f"run.seed={seed}", *overrides], out=out, callbacks=[])
+        wall_s = time.perf_counter() - t0
     value = run.metrics.get(bar.split, {}).get(bar.metric)
     return {"value": value, "wall_s": wall_s, "bill": run.bill, "recipe": run.recipe}
 

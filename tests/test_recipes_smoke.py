@@ -19,6 +19,7 @@ HERE = {  # recipe -> extra overrides that keep it to seconds (the model is neve
     "digits-cnn": [],
     "mnist1d-mlp": [],
     "mnist1d-cnn": [],
+    "mnist1d-speedrun": [],
     "mnist1d-gru": [],
     "mnist1d-transformer": [],
     "csv-mlp": [],
