@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from .errors import RecipeError, closest, format_validation_error  # noqa: F401  (re-exported)
 
@@ -37,6 +37,26 @@ class DistillConfig(Strict):
     alpha: float = Field(0.5, ge=0, le=1)  # weight of the hard-label cross-entropy; 1 - alpha weighs the KL term
     temperature: float = Field(4.0, gt=0)  # T: softens both distributions; the KL term is scaled by T^2
     cache: bool = True  # compute the teacher's logits once per train sample (classifiers without augmentation)
+
+
+class PrivacyConfig(Strict):
+    """Differentially private training, DP-SGD through Opacus (privacy.py): each step's batch is a Poisson
+    sample (rate batch_size / train samples), each sample's gradient is clipped to max_grad_norm, and
+    Gaussian noise of std noise_multiplier * max_grad_norm is added to their sum. Give epsilon (the
+    noise is calibrated to spend it over the run's steps) or noise_multiplier, not both."""
+
+    epsilon: Optional[float] = Field(None, gt=0)  # target epsilon at the end of training, at delta
+    noise_multiplier: Optional[float] = Field(None, ge=0)  # instead of epsilon: sigma, the noise std over max_grad_norm
+    delta: float = Field(1e-5, gt=0, lt=1)  # delta of (epsilon, delta)-DP; keep it below 1 / train samples
+    max_grad_norm: float = Field(1.0, gt=0)  # C: each sample's gradient is clipped to this L2 norm
+    accountant: Literal["rdp", "prv"] = "rdp"  # Opacus's accountant: Renyi DP, or PRV (tighter, slower)
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("set either epsilon (a target) or noise_multiplier, not both and not neither; "
+                             "e.g. train.privacy.epsilon=8")
+        return self
 
 
 class TrainConfig(Strict):
@@ -74,6 +94,7 @@ class TrainConfig(Strict):
     checkpoint_every_steps: Optional[int] = Field(None, ge=1)  # besides one at every evaluation
     keep_checkpoints: int = Field(2, ge=1)  # newest step checkpoints kept on disk
     distill: Optional[DistillConfig] = None  # train as a student of a teacher run (compress/distill.py)
+    privacy: Optional[PrivacyConfig] = None  # differentially private training, DP-SGD (privacy.py)
     freeze: list[str] = []  # glob patterns over parameter names (e.g. "0.*"): those get no updates
     backbone_lr_mult: Optional[float] = Field(None, gt=0)  # LR multiplier of the parameters loaded by model.init_from
 
@@ -226,6 +247,10 @@ def parse_recipe(raw: dict) -> Recipe:
     if tc.backbone_lr_mult is not None and not recipe.model.init_from:
         raise RecipeError("train.backbone_lr_mult: applies to the parameters loaded by model.init_from, which is not "
                           "set; set model.init_from=RUN_DIR or remove train.backbone_lr_mult")
+    if tc.privacy is not None:
+        from .privacy import check_config  # settings DP-SGD cannot take, refused before anything is built
+
+        check_config(tc)
     if recipe.model.init_exclude and not recipe.model.init_from:
         raise RecipeError("model.init_exclude: says which weights model.init_from should not load, but "
                           "model.init_from is not set; set it or remove model.init_exclude")

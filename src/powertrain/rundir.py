@@ -8,6 +8,8 @@
     vocab.json     the token vocabulary, for runs on text
     derived.json   {"parent", "method", "settings", "report"} of a pruned or quantized run
     init_from.json what `model.init_from` loaded (transfer learning)
+    explain.json   `powertrain explain RUN`: attributions' checks and bill (explain.png: the picture)
+    audit.json     `powertrain audit RUN`: a membership-inference attack (audit-roc.png: its ROC curve)
     .lock          held (flock) by the one process that writes the run; holds its PID
     tensorboard/   TensorBoard event files (run.tensorboard)    mlflow.json   the MLflow run it logs to (run.mlflow)
     report.html    `powertrain report RUN`; *.png         pictures: reconstructions, samples, explanations
@@ -132,6 +134,10 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     best_weights = property(lambda self: self.path / "checkpoints" / "best.safetensors")
     quantized_weights = property(lambda self: self.path / "checkpoints" / "quantized.safetensors")
+    explain_file = property(lambda self: self.path / "explain.json")  # `powertrain explain RUN`: maps' checks and bill
+    explain_picture = property(lambda self: self.path / "explain.png")  # ... its picture
+    audit_file = property(lambda self: self.path / "audit.json")  # `powertrain audit RUN`: membership inference
+    audit_picture = property(lambda self: self.path / "audit-roc.png")  # ... its ROC curve
     report_file = property(lambda self: self.path / "report.html")  # `powertrain report RUN` (default --out)
     tensorboard_dir = property(lambda self: self.path / "tensorboard")  # event files (run.tensorboard)
     mlflow_file = property(lambda self: self.path / "mlflow.json")  # {"tracking_uri", "experiment_id", "run_id"}
