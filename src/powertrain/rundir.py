@@ -364,6 +364,8 @@ class RunDir:
         except RunDirError as e:
             older = f"; to use the older one pass --checkpoint {found[-2].name}" if len(found) > 1 else ""
             raise RunDirError(f"{e}{older}") from None
+        return found[-1]
+
     # -- what a reader sees: pictures, state, age ----------------------------------------------------
     PICTURE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg")
 
@@ -431,8 +433,6 @@ class RunDir:
         except Exception:
             return None
         return (state.get("trainer") or {}).get("stop_reason") if isinstance(state, dict) else None
-        return found[-1]
-
 
 
 def open_run(path: str | Path, overrides: Optional[list[str]] = None):
