@@ -14,6 +14,7 @@ from powertrain.data import DataMeta
 from test_documents_examples import documents_classes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+from browser import check_report  # noqa: E402
 from datafiles import write_idx_dataset  # noqa: E402
 
 FASHION = DataMeta((1, 28, 28), "multiclass", 10)
@@ -71,3 +72,4 @@ def test_recipe_runs_end_to_end_through_the_cli(recipe, overrides, params, fashi
     bill = json.loads((out / "bill.json").read_text())
     assert bill["params"] == params
     assert f"run written to {out}" in capsys.readouterr().out
+    check_report(out, {"confusion"})  # its report page loads in Chromium with no error

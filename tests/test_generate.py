@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_model
 
 import powertrain
+from browser import check_report
 from powertrain import models
 from powertrain.cli import main
 from powertrain.data import DataMeta
@@ -141,6 +142,7 @@ def test_gpt_stdlib_recipe_trains_and_generates(tmp_path, capsys):
     assert abs(run.metrics["val"]["loss"] - math.log(vocab.size)) < 1  # 2 steps: still near uniform
     d, L, B = 128, 4, 256  # the recipe's model: nanoGPT's parameter formula, weight-tied, no biases
     assert models.count_params(run.trainer.model) == vocab.size * d + B * d + L * (12 * d * d + 2 * d) + d
+    check_report(run.dir)  # its report page loads in Chromium with no error
     assert main(["generate", str(tmp_path / "g"), "--prompt", "def ", "--max-new-tokens", "5"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("def ") and len(out) == 4 + 5 + 1

@@ -13,6 +13,7 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
 from datafiles import write_cifar_bin, write_idx_dataset, write_image_folder  # noqa: E402
 
+from browser import check_report  # noqa: E402
 from powertrain import api, load_recipe, models  # noqa: E402
 from powertrain.data import DataMeta  # noqa: E402
 from powertrain.errors import DataError  # noqa: E402
@@ -63,6 +64,7 @@ def test_fashion_autoencoder_reports_test_mse_and_leaves_its_reconstructions(tmp
     assert "mse" in ev["val"] and ev["figures"] == ["reconstructions.png"]
     assert Image.open(run.dir / "reconstructions.png").size == (1000, 271)  # 10 cells; see test_visualize
     assert not (run.dir / "samples.png").exists()
+    check_report(run.dir, {"pictures"})  # its report page, reconstructions included, loads in Chromium
 
 
 def test_fashion_vae_reports_the_test_elbo_and_leaves_reconstructions_and_samples(tmp_path):
@@ -79,6 +81,7 @@ def test_fashion_vae_reports_the_test_elbo_and_leaves_reconstructions_and_sample
     assert ev["test"]["elbo_nats"] == -ev["test"]["loss"] and "mse" not in ev["test"]
     assert ev["figures"] == ["reconstructions.png", "samples.png"]
     assert Image.open(run.dir / "samples.png").size == (800, 835)  # 64 samples in 8 rows of 8
+    check_report(run.dir, {"pictures"})
 
 
 def test_vae_elbo_names_honestly():
@@ -96,6 +99,7 @@ def test_cifar10_cnn_trains_on_cifar_files_in_powertrain_data(tmp_path, monkeypa
     assert run.trainer.data.meta.extra["path"] == str(tmp_path / "datasets" / "cifar10")
     assert 0 <= ev["test"]["accuracy"] <= 1 and ev["step"] == 3 and "figures" not in ev
     assert run.bill["params"] == 122_570
+    check_report(run.dir, {"confusion"})
 
 
 def test_cifar10_cnn_without_files_says_where_it_looked_and_what_to_do(tmp_path, monkeypatch):
@@ -115,6 +119,7 @@ def test_image224_cnn_trains_on_an_image_folder(tmp_path):
     assert run.trainer.data.meta.input_shape == (3, 64, 64) and run.trainer.data.meta.num_classes == 3
     assert run.bill["params"] == keras_cnn_params(64, [32, 64, 128], [2, 2, 2], [512], 3)
     assert 0 <= eval_json(run)["test"]["accuracy"] <= 1
+    check_report(run.dir, {"confusion"})
 
 
 def test_image224_cnn_without_a_path_says_to_set_it(tmp_path):

@@ -8,6 +8,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 import powertrain
+from browser import check_report
 
 
 @pytest.fixture(scope="module")
@@ -33,3 +34,7 @@ def test_regression_metrics_equal_sklearn(run):
     assert m["mae"] == pytest.approx(mean_absolute_error(yt, pred), rel=1e-5)
     assert m["r2"] == pytest.approx(r2_score(yt, pred), abs=1e-5)
     assert run.trainer.data.meta.extra["target_std"] > 1  # targets standardised with train statistics
+
+
+def test_its_report_page_renders_in_a_browser(run):
+    check_report(run.dir)  # a regression run: curves, bill, energy; no confusion matrix

@@ -9,6 +9,7 @@ import pytest
 
 import powertrain
 from powertrain.recipe import builtin_recipes
+from browser import check_report
 
 TESTS = Path(__file__).parent
 TINY = ["train.max_steps=3", "train.log_every=1"]
@@ -42,6 +43,7 @@ def test_every_builtin_recipe_is_covered():
     for name, file in ELSEWHERE.items():
         text = (TESTS / file).read_text()
         assert f'"{name}"' in text and "train" in text, f"{file} does not train {name}"
+        assert "check_report(" in text, f"{file} does not check {name}'s report page (browser.check_report)"
 
 
 @pytest.mark.parametrize("name", sorted(HERE))
@@ -52,3 +54,4 @@ def test_recipe_runs_end_to_end(name, tmp_path):
     assert 0.0 <= ev["test"]["accuracy"] <= 1.0
     bill = json.loads((run.dir / "bill.json").read_text())
     assert bill["params"] > 0 and bill["flops"]["train_total"] > 0 and bill["energy"]["total_j"] > 0
+    check_report(run.dir, {"confusion"})  # its report page loads in Chromium with no error, every section there

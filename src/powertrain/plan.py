@@ -126,10 +126,10 @@ def _mass(grams: float) -> str:
 
 def human_time(seconds: float) -> str:
     """A duration in the unit that fits it: 420 ms, 12.5 s, 7.3 min, 5.2 h, 3.4 days, 2.1 years."""
-    for limit, factor, unit in ((1.0, 1e-3, "ms"), (120, 1, "s"), (7200, 60, "min"), (172800, 3600, "h"),
-                                (2 * 365.25 * 86400, 86400, "days")):
+    for limit, factor, unit in ((1e-3, 1e-6, "us"), (1.0, 1e-3, "ms"), (120, 1, "s"), (7200, 60, "min"),
+                                (172800, 3600, "h"), (2 * 365.25 * 86400, 86400, "days")):
         if seconds < limit:
-            return f"{seconds / factor:.3g} {unit}" if unit != "ms" or seconds >= 1e-6 else f"{seconds * 1e6:.3g} us"
+            return f"{seconds / factor:.3g} {unit}"
     return f"{seconds / (365.25 * 86400):,.3g} years"
 
 

@@ -290,7 +290,7 @@ def pareto_figure(rows: list[dict], metric: str, split: str, keys=("energy_j", "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
     numbers = [str(r.get("n", i + 1)) for i, r in enumerate(rows)]
     key_lines = [f"{n}  {r['run']}" + (f"  ({r['method']})" if r.get("method") else "") for n, r in zip(numbers, rows)]
@@ -323,6 +323,7 @@ def pareto_figure(rows: list[dict], metric: str, split: str, keys=("energy_j", "
         xs = [r[key] for _, r in pts if r[key] > 0]
         if xs and max(xs) > 20 * min(xs):  # a log axis over less than a decade or so has no readable ticks
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^-2, 3x10^-2 ... would overlap
         else:  # few short ticks (1.2T, 500k), not an offset that collides with the axis label
             ax.xaxis.set_major_locator(MaxNLocator(4))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _short(v)))

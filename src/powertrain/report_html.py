@@ -349,8 +349,9 @@ def num(x, unit: str = "") -> str:
 
 def table(head: list[str], rows: list[list], cls: str = "") -> str:
     th = "".join(f"<th>{esc(h)}</th>" for h in head)
+    thead = f"<thead><tr>{th}</tr></thead>" if any(head) else ""  # a key-value table has no header
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="{cls}">{thead}<tbody>{body}</tbody></table>'
 
 
 def section(sid: str, title: str, body: str, cls: str = "") -> str:
