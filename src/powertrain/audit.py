@@ -218,3 +218,25 @@ def audit(run_dir: str | Path, n: Optional[int] = 5000, nonmembers: Optional[str
 
 
 __all__ = ["audit", "audit_trainer", "auc", "tpr_at_fpr", "dp_bounds", "bootstrap", "sample_losses"]
+
+
+def format_audit(r: dict) -> str:
+    """audit.json as a few lines."""
+    from .bill import _si
+
+    def ci(key):
+        lo, hi = r[f"{key}_ci95"]
+        return f"{r[key]:.3f} (95% CI {lo:.3f}-{hi:.3f})"
+    lines = [f"membership inference, loss threshold: {r['members']['n']} train samples vs {r['nonmembers']['n']} "
+             f"{r['nonmembers']['split']} samples",
+             f"  AUC {ci('auc')}   TPR at 1% FPR {ci('tpr_at_1pct_fpr')}   advantage {ci('advantage')}"]
+    b = r.get("bound")
+    if b:
+        verdict = "within the bound" if r["within_bound"] else "ABOVE the bound: the privacy claim is contradicted"
+        lines.append(f"  (eps {b['epsilon']:.3g}, delta {b['delta']:g})-DP allows at most: AUC {b['auc']:.3f}, TPR at 1% FPR "
+                     f"{b['tpr_at_1pct_fpr']:.3f}, advantage {b['advantage']:.3f}: measured {verdict}")
+    else:
+        lines.append("  the run is not private (no train.privacy): no bound to compare with")
+    c = r["cost"]
+    lines.append(f"cost: {c['time_s']:.2f} s, {_si(c['flops'], 'FLOP')}, {_si(c['energy_j'], 'J')} ({c['energy_method']})")
+    return "\n".join(lines)

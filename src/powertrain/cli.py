@@ -185,6 +185,28 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from .explain import METHODS, explain, format_explain
+
+    methods = [m.strip() for arg in (args.method or [",".join(METHODS)]) for m in arg.split(",") if m.strip()]
+    r = explain(args.run_dir, methods, split=args.split, n=_number(args.n, "--n", int, "a whole number >= 2"),
+                target=args.target, checkpoint=args.checkpoint, seed=_number(args.seed, "--seed", int, "a whole number"),
+                checks=args.checks)
+    print(format_explain(r))
+    print(f"written: {args.run_dir}/explain.json, {args.run_dir}/{r['picture']}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from .audit import audit, format_audit
+
+    r = audit(args.run_dir, n=_number(args.n, "--n", int, "a whole number >= 10"), nonmembers=args.nonmembers,
+              seed=_number(args.seed, "--seed", int, "a whole number"), checkpoint=args.checkpoint)
+    print(format_audit(r))
+    print(f"written: {args.run_dir}/audit.json, {args.run_dir}/{r['picture']}")
+    return 0
+
+
 def cmd_plan(args) -> int:
     from .plan import format_plan, plan
 
@@ -359,6 +381,27 @@ def parser() -> argparse.ArgumentParser:
                     help="language models: tokens of greedy continuation (default 100)")
     pr.set_defaults(func=cmd_predict)
 
+    ex = sub.add_parser("explain", help="attribute a run's predictions to its inputs (Captum), check the maps, bill it")
+    ex.add_argument("run_dir")
+    ex.add_argument("--method", action="append", help="saliency, integrated_gradients, occlusion (repeat, or a comma "
+                                                     "list; default: all three)")
+    ex.add_argument("--split", choices=["train", "val", "test"], help="samples to explain (default test, else val)")
+    ex.add_argument("--n", default="16", help="samples to explain and check (default 16)")
+    ex.add_argument("--target", default="predicted", choices=["predicted", "true"], help="class explained (default predicted)")
+    ex.add_argument("--seed", default="0", help="which samples, and the random parts of the checks (default 0)")
+    ex.add_argument("--no-checks", dest="checks", action="store_false", help="only the maps: no deletion, "
+                                                                            "randomisation, infidelity, sensitivity")
+    ex.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    ex.set_defaults(func=cmd_explain)
+
+    au = sub.add_parser("audit", help="membership-inference audit of a run: AUC, TPR at 1%% FPR, the bound of its privacy")
+    au.add_argument("run_dir")
+    au.add_argument("--n", default="5000", help="members and non-members each, at most (default 5000)")
+    au.add_argument("--nonmembers", choices=["val", "test"], help="held-out split (default test, else val)")
+    au.add_argument("--seed", default="0", help="which samples, and the bootstrap's draws (default 0)")
+    au.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    au.set_defaults(func=cmd_audit)
+
     from .compress.cli import add_commands
 
     add_commands(sub)  # prune, quantize, export
@@ -398,6 +441,8 @@ EXAMPLES = {  # one per command, shown by `powertrain COMMAND --help`
     "quantize": "powertrain quantize runs/digits --mode static --out runs/digits-int8",
     "export": "powertrain export runs/digits --format onnx --out digits.onnx",
     "peak": "powertrain peak --dtype bf16 --refresh",
+    "explain": "powertrain explain runs/digits --method integrated_gradients --n 32 --target true",
+    "audit": "powertrain audit runs/digits-private --n 1000",
 }
 
 

@@ -42,6 +42,7 @@ FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # of the input fea
 RANDOM_ORDERS = 3  # random removal orders per sample, averaged
 IG_STEPS = 32
 RHO_THRESHOLD = 0.5  # randomisation check: mean Spearman rho below this passes
+INFID_PERTURB, SENS_PERTURB = 8, 4  # perturbations per sample of infidelity and of sensitivity_max
 PROMPT_CHARS = 64  # a language model is explained on the first 64 characters of a window
 
 
@@ -160,6 +161,18 @@ def build_task(model: nn.Module, meta, split, n: int, target: str, seed: int) ->
     return out
 
 
+def one_sample(task: Task) -> Task:
+    """The task cut to its first sample (FLOPs are counted on it and scaled by the samples)."""
+    cut = lambda t: None if t is None else t[:1]  # noqa: E731
+    return replace(task, x=task.x[:1], target=cut(task.target), labels=cut(task.labels),
+                   extra=tuple(e[:1] for e in task.extra))
+
+
+@torch.no_grad()
+def _forward(task: Task):
+    return task.fn(task.x, *task.extra)
+
+
 def twin_task(task: Task, twin: nn.Module) -> Task:
     """The same inputs and targets explained on another model (the randomised copy)."""
     return replace(task, model=twin, fn=task_function(twin, task.task))
@@ -271,6 +284,7 @@ def deletion_test(task: Task, attributions: torch.Tensor, seed: int = 0) -> dict
         acc_r.append(None if ac is None else float(np.mean([r[0] for r in rs])))
         score_r.append(float(np.mean([r[1] for r in rs])))
     out = {"fractions": fractions, "features": D, "score": score, "score_random": score_r,
+           "forward_samples": len(ks) * (1 + RANDOM_ORDERS) * len(task.x),
            "area_score": _area(fractions, score_r) - _area(fractions, score),
            "score_is": "mean softmax probability of the explained class" if task.classifier else
                        ("minus the reconstruction error (MSE)" if task.target is None else "the model's output")}
@@ -296,7 +310,7 @@ def randomized_copy(model: nn.Module, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         for m in twin.modules():
-            if hasattr(m, "reset_parameters") and m is not twin:
+            if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
     return twin.eval()
 
@@ -313,7 +327,7 @@ def metrics(task: Task, method: str, attributions: torch.Tensor) -> dict:
                 "note": "token ids are discrete: Gaussian perturbations do not apply"}
     m = captum().metrics
     kw = dict(target=task.target, additional_forward_args=task.extra or None)
-    infid = m.infidelity(task.fn, _perturb, task.x, attributions, n_perturb_samples=8, normalize=True, **kw)
+    infid = m.infidelity(task.fn, _perturb, task.x, attributions, n_perturb_samples=INFID_PERTURB, normalize=True, **kw)
     def explainer(x, target=None, additional_forward_args=None):  # as Captum's: a tuple in, a tuple out
         extra = additional_forward_args
         extra = (extra,) if isinstance(extra, torch.Tensor) else extra
@@ -321,7 +335,7 @@ def metrics(task: Task, method: str, attributions: torch.Tensor) -> dict:
             return (attribute(task, method, x[0], target, extra),)
         return attribute(task, method, x, target, extra)
 
-    sens = m.sensitivity_max(explainer, task.x, perturb_radius=0.02, n_perturb_samples=4, **kw)
+    sens = m.sensitivity_max(explainer, task.x, perturb_radius=0.02, n_perturb_samples=SENS_PERTURB, **kw)
     return {"infidelity": float(infid.mean()), "sensitivity_max": float(sens.mean())}
 
 
@@ -368,28 +382,30 @@ def explain(run_dir: str | Path, methods=METHODS, split: Optional[str] = None, n
     try:
         task = build_task(model, meta, data_split, n, target, seed)
         twin = randomized_copy(model, seed) if checks else None
+        forward1 = count_flops(_forward, one_sample(task))[1]
         report: dict = {}
         maps: dict = {}
         for method in methods:
             tm = time.perf_counter()
-            a, f = count_flops(attribute, task, method)
-            maps[method] = a = a.detach()
-            counts = [f]
+            attr1 = count_flops(attribute, one_sample(task), method)[1]  # per sample: the work is linear in them
+            maps[method] = a = attribute(task, method).detach()
             entry: dict = {}
+            passes = {"attribution": n}  # per sample: attributions (a) and forward passes (f) of each part
             if checks:
-                entry["deletion"], f = count_flops(deletion_test, task, a, seed)
-                counts.append(f)
-                ar, f = count_flops(attribute, twin_task(task, twin), method)
-                counts.append(f)
-                rhos = _spearman(a, ar.detach())
+                entry["deletion"] = deletion_test(task, a, seed)
+                ar = attribute(twin_task(task, twin), method).detach()
+                rhos = _spearman(a, ar)
                 mean_rho = float(np.nanmean(rhos)) if not all(np.isnan(rhos)) else None
                 entry["randomization"] = {"spearman": mean_rho, "per_sample": rhos, "threshold": RHO_THRESHOLD,
                                           "passes": mean_rho is not None and mean_rho < RHO_THRESHOLD}
-                mt, f = count_flops(metrics, task, method, a)
-                counts.append(f)
-                entry.update(mt)
-            entry["flops"] = None if None in counts else sum(counts)
-            entry["flops_attribution"] = counts[0]
+                entry.update(metrics(task, method, a))
+                passes.update(randomization=n, sensitivity=0 if task.tokens else (SENS_PERTURB + 1) * n)
+                forwards = entry["deletion"]["forward_samples"] + (0 if task.tokens else (INFID_PERTURB + 1) * n)
+            else:
+                forwards = 0
+            work = sum(passes.values())
+            entry["flops"] = None if attr1 is None or forward1 is None else attr1 * work + forward1 * forwards
+            entry["flops_per_attribution"] = attr1
             entry["time_s"] = time.perf_counter() - tm
             flops = None if flops is None or entry["flops"] is None else flops + entry["flops"]
             report[method] = entry
@@ -412,7 +428,9 @@ def explain(run_dir: str | Path, methods=METHODS, split: Optional[str] = None, n
                      "deletion_fractions": list(FRACTIONS), "random_orders": RANDOM_ORDERS,
                      "randomization": "every layer re-initialised (reset_parameters), seed + 1",
                      "infidelity": "8 Gaussian perturbations, std 0.1, normalised attributions",
-                     "sensitivity_max": "4 perturbations, radius 0.02"},
+                     "sensitivity_max": "4 perturbations, radius 0.02",
+                     "flops": "torch's FlopCounterMode on one sample of each method, times the attributions made; "
+                              "deletion and infidelity: forward passes times the counted forward FLOPs"},
         "cost": {"time_s": window.time_s, "flops": flops, "energy_j": window.energy_j,
                  "energy_method": window.energy_method, "co2e_g": window.co2e_g, "training_energy_j": train_j,
                  "share_of_training": window.energy_j / train_j if train_j else None},
@@ -431,3 +449,31 @@ def _explained(task: Task) -> str:
 
 
 __all__ = ["explain", "attribute", "deletion_test", "randomized_copy", "build_task", "METHODS"]
+
+
+def format_explain(r: dict) -> str:
+    """explain.json as a few lines: per method, the checks' verdicts and numbers; then the cost."""
+    from .bill import _si
+
+    lines = [f"explained {r['n']} {r['split']} samples ({r['kind']}; target: {r['target']} class where there are "
+             f"classes; {r['explained']})"]
+    lines.append(f"{'method':<22} {'deletion area':>13} {'faithful':>8} {'rand. rho':>9} {'sane':>5} "
+                 f"{'infidelity':>10} {'sensitivity':>11} {'FLOPs':>9} {'time':>7}")
+    for m, e in r["methods"].items():
+        d, rz = e.get("deletion") or {}, e.get("randomization") or {}
+        area = d.get("area_accuracy", d.get("area_score"))
+
+        def num(v, fmt):
+            return "-" if v is None else format(v, fmt)
+        lines.append(f"{m:<22} {num(area, '+.4f'):>13} {('yes' if d.get('faithful') else 'no') if d else '-':>8} "
+                     f"{num(rz.get('spearman'), '.3f'):>9} {('yes' if rz.get('passes') else 'NO') if rz else '-':>5} "
+                     f"{num(e.get('infidelity'), '.3g'):>10} {num(e.get('sensitivity_max'), '.3g'):>11} "
+                     f"{_si(e.get('flops'), ''):>9} {e['time_s']:>6.1f}s")
+    c = r["cost"]
+    share = f", {c['share_of_training']:.1%} of the training's energy" if c.get("share_of_training") else ""
+    lines.append(f"cost: {c['time_s']:.1f} s, {_si(c['flops'], 'FLOP')}, {_si(c['energy_j'], 'J')} "
+                 f"({c['energy_method']}){share}")
+    lines.append("deletion area: accuracy (else score) under random removal minus under removal by attribution, over "
+                 "the removed fraction (> 0: faithful); sane: the maps change when the weights are re-initialised "
+                 f"(Spearman rho < {RHO_THRESHOLD})")
+    return "\n".join(lines)

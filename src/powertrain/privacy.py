@@ -199,6 +199,7 @@ class PrivateTrainer(Trainer):
         self.accountant = create_accountant(self.privacy.accountant)
         self.data = type(self.data)(PoissonSplit(self.data.train, self.sample_rate), self.data.val, self.data.test,
                                     self.data.meta)
+        self.noise_multiplier  # calibrated now: an epsilon out of reach is refused before anything trains
         self.progress_note = ""
         self.callbacks.append(_EpsilonLog())
         self._gsm = None
@@ -210,8 +211,8 @@ class PrivateTrainer(Trainer):
     # -- sigma and epsilon ---------------------------------------------------------------------
     @property
     def noise_multiplier(self) -> float:
-        """sigma: given, restored from a checkpoint, or calibrated once to reach train.privacy.epsilon
-        after the run's planned steps."""
+        """sigma: given, restored from a checkpoint, or calibrated (at construction) to reach
+        train.privacy.epsilon after the run's planned steps."""
         if self._noise_multiplier is None:
             from opacus.accountants.utils import get_noise_multiplier
 
