@@ -364,7 +364,7 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="the HTML file (default: RUN/report.html for one run, ./report.html for several)")
     rp.add_argument("--metric", help="metric to compare several runs on (default: their headline metric, e.g. accuracy)")
     rp.add_argument("--split", default="test", choices=["val", "test"])
-    rp.add_argument("--quiet", action="store_true", help="print only the file written")
+    rp.add_argument("--quiet", "-q", action="store_true", help="print only the file written")
     rp.set_defaults(func=cmd_report)
 
     rs = sub.add_parser("runs", help="list the runs under a folder: recipe, status, headline metric, energy, date")

@@ -281,7 +281,7 @@ PANELS = {"energy_j": "training energy (J)", "train_flops": "training FLOPs", "t
 
 
 def pareto_figure(rows: list[dict], metric: str, split: str, keys=("energy_j", "train_flops", "size_bytes"),
-                  key_text: bool = True):
+                  key_text: bool = True, ncols: Optional[int] = None):
     """The Pareto plots (one panel per cost in `keys`) as a matplotlib Figure. Each point carries its row's
     number (1, 2, ...; `row["n"]` if set), placed where it overlaps least; with `key_text` a key below the
     panels names the run behind each number."""
@@ -295,12 +295,16 @@ def pareto_figure(rows: list[dict], metric: str, split: str, keys=("energy_j", "
     numbers = [str(r.get("n", i + 1)) for i, r in enumerate(rows)]
     key_lines = [f"{n}  {r['run']}" + (f"  ({r['method']})" if r.get("method") else "") for n, r in zip(numbers, rows)]
     cols = 1 if len(rows) <= 4 else 2 if len(rows) <= 12 else 3
-    key_rows = -(-len(rows) // cols) if key_text else 0
-    width = 5.4 * len(keys)
-    fig = plt.figure(figsize=(width, 4.6 + 0.2 * key_rows))
-    body = 4.6 / (4.6 + 0.2 * key_rows)
-    axes = [fig.add_axes((0.06 + i / len(keys), 1 - body + 0.12 * body, 1 / len(keys) - 0.085, 0.76 * body))
-            for i in range(len(keys))]
+    key_h = 0.2 * -(-len(rows) // cols) if key_text else 0.0  # inches of key below the panels
+    ncols = min(ncols or len(keys), len(keys))
+    nrows = -(-len(keys) // ncols)
+    height = 4.3 * nrows + 0.45 + (key_h + 0.25 if key_text else 0.0)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, height), squeeze=False)
+    fig.subplots_adjust(left=0.06 if ncols > 2 else 0.09, right=0.98, top=1 - 0.45 / height,
+                        bottom=(key_h + 0.85 if key_text else 0.6) / height, wspace=0.28, hspace=0.35)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
     methods = sorted({r["method"] for r in rows if r.get("method")})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10
     for ax, key in zip(axes, keys):
@@ -345,7 +349,7 @@ def pareto_figure(rows: list[dict], metric: str, split: str, keys=("energy_j", "
     if key_text:
         per = -(-len(key_lines) // cols)
         for c in range(cols):
-            fig.text(0.06 + c / cols, 1 - body + 0.01, "\n".join(key_lines[c * per:(c + 1) * per]), va="top",
+            fig.text(0.06 + c / cols, (key_h + 0.1) / height, "\n".join(key_lines[c * per:(c + 1) * per]), va="top",
                      ha="left", fontsize=8, family="monospace", transform=fig.transFigure)
     return fig
 

@@ -575,7 +575,7 @@ h1{font-size:1.45em;margin:18px 0 4px} h2{font-size:1.12em;margin:0 0 8px;border
 h3{font-size:1.05em} section{margin:18px 0;padding:10px 14px;background:#fff;border:1px solid #e3e3e3;border-radius:6px}
 section.warn{border-color:#e0a800;background:#fffbea} .sub{color:#666;margin:0 0 10px}
 table{border-collapse:collapse;margin:6px 0;font-size:.9em} th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#f3f3f3} table.kv td:first-child{color:#555;white-space:nowrap} table.narrow td{text-align:right}
+th{background:#f3f3f3} td{white-space:nowrap} td .method,td small{white-space:normal} table.kv td:first-child{color:#555;white-space:nowrap} table.narrow td{text-align:right}
 img.fig{max-width:100%;height:auto;display:block;margin:6px 0} img.pic{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}
 figure{display:inline-block;margin:6px 12px 6px 0;vertical-align:top} figcaption{font-size:.85em;color:#555}
 pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:.85em;max-height:480px} .method{color:#8a5a00;font-size:.9em}
@@ -605,7 +605,7 @@ def render(run_dirs: list[str | Path], metric: Optional[str] = None, split: str 
         body = section("compare", "compare", table_html + "".join(f"<p class='note'>note: {esc(n)}</p>" for n in notes))
         if rows:
             keys = ("energy_j", "train_flops", "time_s") + (("size_bytes",) if any(r.get("method") for r in rows) else ())
-            fig = pareto_figure(rows, metric, split, keys=keys, key_text=False)
+            fig = pareto_figure(rows, metric, split, keys=keys, key_text=False, ncols=2 if len(keys) == 4 else 3)
             body += section("pareto", "Pareto plots",
                             "<p>Each point is numbered as in the compare table; lines join each dataset's front.</p>" + _img(fig, "Pareto plots"))
         body += section("all-curves", "learning curves of all runs",
