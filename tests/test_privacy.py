@@ -173,6 +173,7 @@ def test_empty_poisson_batches_step_with_noise_only_and_the_prv_accountant():
     (["train.strategy=ddp"], "train.strategy: ddp is not supported with train.privacy"),
     (["train.privacy.noise_multiplier=1"], "set either epsilon (a target) or noise_multiplier, not both"),
     (["train.privacy.epsilon=1e-6"], "cannot be reached"),
+    (["--nproc", "2"], "train a private run without --nproc"),
 ])
 def test_refusals_are_one_line(tmp_path, capsys, extra, says):
     code = main(["train", "digits-mlp", "train.privacy.epsilon=3", *extra, "--out", str(tmp_path / "r"), "--quiet"])

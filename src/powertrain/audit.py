@@ -211,8 +211,11 @@ def audit(run_dir: str | Path, n: Optional[int] = 5000, nonmembers: Optional[str
         "bill": make_bill(meter, BillRecord(params=count_params(trainer.model), samples_evaluated=samples,
                                             device=trainer.device, precision=trainer.precision)),
     })
-    if privacy is None:
-        result["note"] = "the run is not private (no train.privacy): no bound to compare with"
+    notes = [] if privacy else ["the run is not private (no train.privacy): no bound to compare with"]
+    if trainer.task == "language_model":
+        notes.append("a language model's held-out windows come from another part of the corpus (its tail), not from "
+                     "the same distribution as the train windows: the AUC mixes membership with that shift")
+    result["notes"] = notes
     run.write("audit", result)
     return result
 

@@ -370,6 +370,9 @@ def default_out(recipe_name: str) -> Path:
 
 def refuse_before_launch(recipe) -> None:
     """What would fail inside torchrun, in every process, refused once before the launch."""
+    if recipe.train.privacy is not None:
+        raise RecipeError("train.privacy: DP-SGD runs in one process here (Poisson sampling and the accountant are not "
+                          "distributed); train a private run without --nproc")
     if recipe.train.strategy == "fsdp" and recipe.model.name not in ("gpt", "transformer"):
         raise RecipeError(f"train.strategy: fsdp shards transformer blocks, and model '{recipe.model.name}' has none "
                           f"(models gpt and transformer have); use train.strategy=ddp for it")
