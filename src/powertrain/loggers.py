@@ -271,7 +271,7 @@ class MLflowLogger(RunLogger):
         exp = self.client.get_experiment_by_name(name)
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(name)
         tags = {"powertrain.run_dir": str(run.path.resolve())} if run is not None else {}
-        if run is not None:
+        if recipe is not None:
             tags["powertrain.kind"] = run.kind
         r = self.client.create_run(exp_id, run_name=run.path.name if run is not None else None, tags=tags)
         self.run_id = r.info.run_id
