@@ -154,7 +154,7 @@ def build_task(model: nn.Module, meta, split, n: int, target: str, seed: int) ->
         labels = y.reshape(len(x)).long()
         t = scores.argmax(1) if target == "predicted" else labels
     elif meta.task == "regression":
-        t = torch.zeros(len(x), dtype=torch.long)  # the first output
+        t = torch.zeros(len(x), dtype=torch.long, device=x.device)  # the first output
     out = Task(data_kind(meta), meta.task, model, fn, x, t, labels, baseline, extra, tokens, classifier=classifier)
     if tokens:
         out.embedding = _embedding_of(model, fn, x)
@@ -186,9 +186,7 @@ def _embedding_of(model: nn.Module, fn, ids: torch.Tensor) -> str:
              for name, m in model.named_modules() if isinstance(m, nn.Embedding)]
     try:
         with torch.no_grad():
-            fn(ids[:2] if len(ids) > 1 else ids)
-            if not seen:
-                fn(ids)
+            fn(ids)
     finally:
         for h in hooks:
             h.remove()
@@ -274,7 +272,8 @@ def deletion_test(task: Task, attributions: torch.Tensor, seed: int = 0) -> dict
     fractions = [k / D for k in ks]
     order = a.argsort(dim=1, descending=True)
     g = torch.Generator().manual_seed(seed + 7)
-    randoms = [torch.stack([torch.randperm(D, generator=g) for _ in range(len(a))]) for _ in range(RANDOM_ORDERS)]
+    randoms = [torch.stack([torch.randperm(D, generator=g) for _ in range(len(a))]).to(a.device)
+               for _ in range(RANDOM_ORDERS)]
     acc, score, acc_r, score_r = [], [], [], []
     for k in ks:
         ac, sc = _curve_point(task, _remove(task.x, order, k, task.baseline))
@@ -298,7 +297,8 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     from scipy.stats import spearmanr
 
     rows = []
-    for u, v in zip(a.reshape(len(a), -1).abs().double().numpy(), b.reshape(len(b), -1).abs().double().numpy()):
+    flat = [t.reshape(len(t), -1).abs().double().cpu().numpy() for t in (a, b)]
+    for u, v in zip(*flat):
         rho = spearmanr(u, v).statistic if u.std() > 0 and v.std() > 0 else float("nan")
         rows.append(float(rho))
     return rows

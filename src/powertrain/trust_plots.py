@@ -194,8 +194,9 @@ def _text(path, task, maps, meta) -> Path:
     ax.set_xlim(0, per_line + 14)
     ax.set_ylim(total_h, 0)
     y = 1.0
-    ax.text(0.2, y - 0.3, "characters shaded by their attribution to the next character (red supports, blue "
-            "opposes; saliency: magnitude)", fontsize=8)
+    what = "the next character" if task.task == "language_model" else "the target class"
+    ax.text(0.2, y - 0.3, f"characters shaded by their attribution to {what} (red supports, blue opposes; "
+            "saliency: magnitude)", fontsize=8)
     y += 0.8
     for i in range(n):
         text = vocab.decode(task.x[i].tolist()) if hasattr(vocab, "decode") else "".join(map(str, task.x[i].tolist()))
