@@ -386,16 +386,17 @@ def summary_html(v: View) -> str:
 def unfinished_html(v: View) -> str:
     s = v.status
     ck = s.get("checkpoint")
-    lines = [f"<p><b>This run has no eval.json: it is {esc(s['state'])}.</b> {esc(_state_line(v))}</p>",
+    said = {"failed": "it failed", "interrupted": "it was interrupted", "training": "it is still training"}
+    lines = [f"<p><b>This run has no eval.json: {said.get(s['state'], s['state'])}.</b> {esc(_state_line(v))}</p>",
              f"<p>newest checkpoint: <code>{esc(ck.name) if ck else 'none yet'}</code>; "
              f"{len(v.train)} step records, {len(v.val)} evaluations and {len(v.windows)} epoch windows in metrics.jsonl. "
              f"What follows is what there is so far.</p>"]
-    last = (v.train + v.val)[-8:]
+    last = sorted(v.train + v.val, key=lambda r: r["step"])[-8:]
     if last:
         rows = [[esc(r["step"]), esc(r.get("epoch", "")),
                  esc(json.dumps({k: (round(x, 5) if isinstance(x, float) else x) for k, x in
                                  (r.get("val") or r).items() if k not in ("step", "epoch", "confusion_matrix")}))]
-                for r in sorted(last, key=lambda r: r["step"])]
+                for r in last]
         lines.append("<p>the last records of metrics.jsonl:</p>" + table(["step", "epoch", "record"], rows))
     return "".join(lines)
 
@@ -575,7 +576,7 @@ h1{font-size:1.45em;margin:18px 0 4px} h2{font-size:1.12em;margin:0 0 8px;border
 h3{font-size:1.05em} section{margin:18px 0;padding:10px 14px;background:#fff;border:1px solid #e3e3e3;border-radius:6px}
 section.warn{border-color:#e0a800;background:#fffbea} .sub{color:#666;margin:0 0 10px}
 table{border-collapse:collapse;margin:6px 0;font-size:.9em} th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#f3f3f3} td{white-space:nowrap} td .method,td small{white-space:normal} table.kv td:first-child{color:#555;white-space:nowrap} table.narrow td{text-align:right}
+th{background:#f3f3f3} td{white-space:nowrap} td .method,td small,table.kv td{white-space:normal} table.kv td:first-child{color:#555;white-space:nowrap} table.narrow td{text-align:right}
 img.fig{max-width:100%;height:auto;display:block;margin:6px 0} img.pic{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}
 figure{display:inline-block;margin:6px 12px 6px 0;vertical-align:top} figcaption{font-size:.85em;color:#555}
 pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:.85em;max-height:480px} .method{color:#8a5a00;font-size:.9em}
