@@ -122,10 +122,10 @@ def _fit(trainer: Trainer, recipe: Recipe, run: RunDir) -> Run:
     if figures:
         results["figures"] = [p.name for p in figures]
         run.write("eval", results)
-    if main and (recipe.run.tensorboard or recipe.run.mlflow):
+    if main:
         from . import loggers
 
-        loggers.finish(trainer)  # the bill exists only now (Trainer.finish runs after on_fit_end)
+        loggers.finish(trainer)  # TensorBoard/MLflow get the bill now (Trainer.finish runs after on_fit_end)
     distributed.finish_job()
     return Run(run.path, recipe, results, trainer, trainer.final_bill)
 
