@@ -158,16 +158,18 @@ def _table(path, task, maps, meta) -> Path:
     ax1.set_xlabel("mean |attribution| (each method scaled to its largest)")
     ax1.set_title("global: which columns matter", fontsize=9)
     ax1.legend(fontsize=7, loc="lower right")
-    a = A[key][:n][:, top].T
+    order = top[::-1]  # the most important column first, at the top, as on the left
+    a = A[key][:n][:, order].T
     lim = float(np.abs(a).max()) or 1.0
     im = ax2.imshow(a, cmap="bwr", vmin=-lim, vmax=lim, aspect="auto")
-    ax2.set_yticks(range(len(top)))
-    ax2.set_yticklabels([names[i] for i in top], fontsize=7)
+    ax2.set_yticks(range(len(order)))
+    ax2.set_yticklabels([names[i] for i in order], fontsize=7)
     labels = _labels(task, meta)
     ax2.set_xticks(range(n))
     ax2.set_xticklabels([lab.replace(" / ", "\n") for lab in labels[:n]], fontsize=5, rotation=90)
     ax2.set_title(f"per sample: {TITLES[key]} (red supports the target)", fontsize=9)
     fig.colorbar(im, ax=ax2, fraction=0.04)
+    fig.tight_layout()
     return _save(fig, path)
 
 
