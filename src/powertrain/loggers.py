@@ -27,6 +27,7 @@ import math
 import queue
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Optional
@@ -65,6 +66,8 @@ def bill_figures(bill: dict) -> dict:
 
 class RunLogger(Callback):
     """The common part: a queue filled by the hooks, emptied by one background thread into `_write`."""
+
+    min_interval_s = 0.0  # the writer gathers records for this long between writes (a store with costly commits)
 
     def __init__(self):
         self._q: queue.SimpleQueue = queue.SimpleQueue()
@@ -133,19 +136,33 @@ class RunLogger(Callback):
 
     # -- the worker ---------------------------------------------------------------------------------
     def _work(self) -> None:
+        """Take what the hooks queued; write it at most every `min_interval_s` (records that arrive in between
+        go out together), at once when someone waits (`wait`, `close`)."""
+        last = 0.0
         while True:
-            item = self._q.get()
-            if item is None:
+            batch = [self._q.get()]
+            deadline = last + self.min_interval_s
+            while batch[-1] is not None and not isinstance(batch[-1], threading.Event):
+                left = deadline - time.monotonic()
+                try:
+                    batch.append(self._q.get(timeout=left) if left > 0 else self._q.get_nowait())
+                except queue.Empty:
+                    break
+            records = [b for b in batch if isinstance(b, tuple) and b[1]]
+            if records and not self._failed:
+                try:
+                    self._write_many(records)
+                except Exception as e:
+                    self._warn(e)
+                last = time.monotonic()
+            if batch[-1] is None:
                 return
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            if self._failed:
-                continue
-            try:
-                self._write(*item)
-            except Exception as e:
-                self._warn(e)
+            if isinstance(batch[-1], threading.Event):
+                batch[-1].set()
+
+    def _write_many(self, records: list) -> None:
+        for step, values in records:
+            self._write(step, values)
 
     def wait(self) -> None:
         """Block until everything queued so far is written."""
@@ -284,13 +301,18 @@ class MLflowLogger(RunLogger):
         if run is not None:
             run.write("mlflow", {"tracking_uri": uri, "experiment_id": exp_id, "run_id": self.run_id})
 
-    def _write(self, step: int, values: dict) -> None:
-        import time
+    min_interval_s = 1.0  # a log_batch is a database commit (~10-20 ms): one a second at most, however many records
 
+    def _write(self, step: int, values: dict) -> None:
+        self._write_many([(step, values)])
+
+    def _write_many(self, records: list) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+        metrics = [Metric(k, float(v), now, step) for step, values in records for k, v in values.items()]
+        for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
 
     def _finish(self, trainer, bill: Optional[dict]) -> None:
         if bill:
