@@ -405,6 +405,9 @@ def parser() -> argparse.ArgumentParser:
     from .compress.cli import add_commands
 
     add_commands(sub)  # prune, quantize, export
+    from .study_cli import add_commands as add_study
+
+    add_study(sub)  # sweep, scale
 
     pk = sub.add_parser("peak", help="measure (and cache) this CPU's peak matmul FLOP/s")
     pk.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "fp64"])
@@ -443,6 +446,8 @@ EXAMPLES = {  # one per command, shown by `powertrain COMMAND --help`
     "peak": "powertrain peak --dtype bf16 --refresh",
     "explain": "powertrain explain runs/digits --method integrated_gradients --n 32 --target true",
     "audit": "powertrain audit runs/digits-private --n 1000",
+    "sweep": "powertrain sweep mnist1d-cnn --space space.yaml --trials 20 --target accuracy>=0.94 --baseline",
+    "scale": "powertrain scale gpt-stdlib --sizes 32,48,64,96 --budgets 2e12,6e12 --out scaling/gpt",
 }
 
 

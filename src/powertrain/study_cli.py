@@ -1,0 +1,83 @@
+"""`powertrain sweep` and `powertrain scale`: the commands that answer "which model, trained how" and
+"what would the big run cost". cli.py calls `add_commands(subparsers)`."""
+from __future__ import annotations
+
+import json
+import sys
+
+from .errors import RecipeError
+
+
+def _int(text, flag: str, low: int = 1) -> int:
+    try:
+        v = int(text)
+    except (TypeError, ValueError):
+        raise RecipeError(f"{flag}: expected a whole number >= {low}, got '{text}'") from None
+    if v < low:
+        raise RecipeError(f"{flag}: expected a whole number >= {low}, got {v}")
+    return v
+
+
+def cmd_sweep(args) -> int:
+    from .space import load_space
+    from .sweep import Sweep, run_sweep
+    from .sweep_report import format_summary, summarize
+
+    say = (lambda *a: None) if args.quiet else (lambda line: print(line, flush=True))
+    if args.resume:
+        if args.recipe or args.space:
+            raise RecipeError("powertrain sweep --resume DIR: takes no RECIPE or --space (the sweep directory has them)")
+        sweep = Sweep(args.resume)
+        if args.worker:
+            sweep.work(say)
+            return 0
+        if args.summary:
+            print(format_summary(summarize(sweep)))
+            return 0
+    else:
+        if not args.recipe or not args.space:
+            raise RecipeError("powertrain sweep: give RECIPE and --space SPACE.yaml (or --resume SWEEP_DIR)")
+        recipe, *overrides = args.recipe
+        _, space = load_space(args.space)
+        sweep = Sweep.create(recipe, space, overrides=overrides, out=args.out, trials=_int(args.trials, "--trials"),
+                             objectives=args.objectives, target=args.target, split=args.split, storage=args.storage,
+                             seed=_int(args.seed, "--seed", 0), pruner=args.pruner, baseline=args.baseline)
+        say(f"sweep {sweep.path}: {sweep.cfg['trials']} trials of {recipe} over {', '.join(d.key for d in sweep.dims)}")
+    try:
+        summary = run_sweep(sweep, workers=_int(args.workers, "--workers"), say=say)
+    except KeyboardInterrupt:
+        print(f"\nsweep interrupted; finished trials are kept. continue with: powertrain sweep --resume {sweep.path}",
+              file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("sweep", help="search recipe settings with Optuna for the cheapest run that reaches a target")
+    s.add_argument("recipe", nargs="*", metavar="RECIPE [key=value ...]",
+                   help="built-in recipe name or YAML file, then overrides fixed for every trial")
+    s.add_argument("--space", help="SPACE.yaml: recipe keys and their choices or ranges")
+    s.add_argument("--trials", default="20", help="trials in the study, all workers together (default 20)")
+    s.add_argument("--objectives", nargs="+", default=["accuracy:max", "energy_j:min"],
+                   help="NAME:max|min; metrics of eval.json, or energy_j, flops, time_s, params, co2e_g "
+                        "(default accuracy:max energy_j:min)")
+    s.add_argument("--target", help="e.g. accuracy>=0.94: choose the cheapest trial that reaches it")
+    s.add_argument("--split", default="val", choices=["val", "test"],
+                   help="split the metrics are judged on (default val: choosing on test would leak it)")
+    s.add_argument("--storage", help="Optuna storage URL shared by workers on several machines (default: a journal "
+                                     "file in the sweep directory)")
+    s.add_argument("--workers", default="1", help="local worker processes on the study (default 1)")
+    s.add_argument("--pruner", default="median", choices=["median", "none"], help="stop hopeless trials (default median)")
+    s.add_argument("--baseline", action="store_true", help="also train the recipe as it is, to compare with")
+    s.add_argument("--seed", default="0", help="the sampler's seed (default 0)")
+    s.add_argument("--out", help="sweep directory (default sweeps/RECIPE_NAME)")
+    s.add_argument("--resume", metavar="SWEEP_DIR", help="continue a sweep (or join it as one more worker)")
+    s.add_argument("--summary", action="store_true", help="with --resume: print the summary, run nothing")
+    s.add_argument("--worker", action="store_true", help="with --resume: run trials only (what --workers starts)")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.add_argument("--quiet", action="store_true", help="no line per trial")
+    s.set_defaults(func=cmd_sweep)

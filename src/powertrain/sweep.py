@@ -1,0 +1,346 @@
+"""`powertrain sweep RECIPE --space SPACE.yaml`: an Optuna study whose trials are ordinary runs.
+
+    SWEEP_DIR/sweep.json     what was asked: recipe, overrides, space, objectives, target, trials, storage
+    SWEEP_DIR/journal.log    the Optuna study (JournalFileBackend), unless --storage names a database
+    SWEEP_DIR/trials/trial-NNNN/   one run directory per trial (recipe.yaml, metrics, eval.json, bill.json)
+    SWEEP_DIR/baseline/      the recipe as it is (--baseline), to compare the chosen trial with
+    SWEEP_DIR/summary.json, front.png   the trials, the Pareto front, the chosen trial (sweep_report.py)
+
+Objectives are read from each trial's eval.json (a metric on `split`, val by default: choosing on the
+test split would leak it) and bill.json (energy_j, flops, time_s, params, co2e_g). Multi-objective
+studies cannot prune in Optuna, so each trial has a twin in a single-objective "pruning" study of the
+first metric, to which it reports its validation metric after each evaluation; when the twin's pruner
+(median) says so, training stops at that boundary and the trial is PRUNED, with its bill kept.
+
+Workers: any number of processes (`--workers N`, or `powertrain sweep --resume DIR` on other machines
+with a shared `--storage` URL) pull trials from one study. A lock file in SWEEP_DIR makes "count the
+trials, ask for one" atomic among the workers of one machine. A trial whose worker died (its PID gone on
+this host) is failed and enqueued again with the same parameters; its run is resumed from its checkpoint.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+from .atomic import write_json
+from .callbacks import Callback
+from .errors import PowertrainError, RecipeError, RunDirError
+from .rundir import read_json
+from .space import Dim, check_space, parse_space
+
+COSTS = {"energy_j": ("energy", "total_j"), "flops": ("flops", "train_total"), "time_s": ("time_s", "total"),
+         "params": ("params",), "co2e_g": ("co2e_g",)}
+HOST = socket.gethostname()
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise PowertrainError("powertrain sweep needs Optuna: pip install 'powertrain[sweep]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def parse_objectives(texts: list[str]) -> list[tuple[str, str]]:
+    """['accuracy:max', 'energy_j:min'] -> [('accuracy', 'maximize'), ('energy_j', 'minimize')]."""
+    out = []
+    for t in texts:
+        name, _, way = t.partition(":")
+        if way not in ("max", "min") or not name:
+            raise RecipeError(f"--objectives {t}: expected NAME:max or NAME:min, e.g. accuracy:max energy_j:min")
+        out.append((name, "maximize" if way == "max" else "minimize"))
+    if not any(n not in COSTS for n, _ in out):
+        raise RecipeError(f"--objectives: name a metric to judge trials by (e.g. accuracy:max), beside costs "
+                          f"({', '.join(COSTS)})")
+    return out
+
+
+def parse_target(text: Optional[str]) -> Optional[tuple[str, str, float]]:
+    """'accuracy>=0.94' -> ('accuracy', '>=', 0.94)."""
+    if not text:
+        return None
+    for op in (">=", "<="):
+        name, sep, value = text.partition(op)
+        if sep:
+            try:
+                return name.strip(), op, float(value)
+            except ValueError:
+                break
+    raise RecipeError(f"--target {text}: expected METRIC>=VALUE or METRIC<=VALUE, e.g. accuracy>=0.94")
+
+
+def measured(run_dir: Path) -> dict:
+    """What a finished trial's run directory says: metrics of each split and the bill's costs."""
+    ev, bill = read_json(run_dir / "eval.json"), read_json(run_dir / "bill.json")
+    out = {"val": ev.get("val") or {}, "test": ev.get("test") or {}, "stop_reason": ev.get("stop_reason"),
+           "steps": bill.get("steps"), "energy_method": bill.get("energy", {}).get("method"),
+           "fit_energy_j": ((bill.get("energy", {}).get("windows") or {}).get("fit") or {}).get("energy_j")}
+    for name, path in COSTS.items():
+        v = bill
+        for p in path:
+            v = v.get(p) if isinstance(v, dict) else None
+        out[name] = v
+    return out
+
+
+def value_of(m: dict, name: str, split: str) -> Optional[float]:
+    v = m.get(name) if name in COSTS else m.get(split, {}).get(name)
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+class Pruning(Callback):
+    """Reports the validation metric to the trial's twin after each evaluation (step: samples seen),
+    and stops training at this boundary when its pruner says so."""
+
+    def __init__(self, twin, metric: str):
+        self.twin, self.metric, self.pruned_at = twin, metric, None
+
+    def on_eval_end(self, trainer, split, metrics) -> None:
+        if (split != "val" or self.twin is None or self.metric not in metrics or self.pruned_at is not None
+                or trainer.step >= trainer.total_steps):  # the last evaluation, or the one after pruning
+            return
+        self.twin.report(float(metrics[self.metric]), trainer.step * trainer.cfg.batch_size)
+        if self.twin.should_prune():
+            trainer.stop_reason, self.pruned_at, self.planned_steps = "pruned", trainer.step, trainer.total_steps
+
+
+class Sweep:
+    """A sweep directory and its study. `Sweep.create` writes sweep.json; `Sweep(path)` opens one."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config_file, self.trials_dir = self.path / "sweep.json", self.path / "trials"
+        if not self.config_file.is_file():
+            raise RunDirError(f"'{self.path}' is not a sweep directory (no sweep.json); start one with powertrain sweep "
+                              f"RECIPE --space SPACE.yaml")
+        self.cfg = read_json(self.config_file)
+        self.dims: list[Dim] = parse_space(self.cfg["space"], str(self.config_file))
+        self.objectives = [tuple(o) for o in self.cfg["objectives"]]
+        self.metric = next((n, d) for n, d in self.objectives if n not in COSTS)
+        self._studies = None
+
+    @classmethod
+    def create(cls, recipe: str, space: dict, *, overrides=(), out=None, trials=20, objectives=("accuracy:max",
+               "energy_j:min"), target=None, split="val", storage=None, seed=0, pruner="median",
+               baseline=False) -> "Sweep":
+        from .recipe import _read, apply_overrides, load_recipe
+
+        base = apply_overrides(_read(recipe), list(overrides))
+        name = load_recipe(base).name
+        dims = parse_space(space, "--space")
+        check_space(dims, base, "--space")
+        objs = parse_objectives(list(objectives))
+        tgt = parse_target(target)
+        if tgt and tgt[0] not in [n for n, _ in objs]:
+            raise RecipeError(f"--target {target}: '{tgt[0]}' is not one of the objectives ({', '.join(n for n, _ in objs)})")
+        if trials < 1:
+            raise RecipeError(f"--trials {trials}: expected a whole number >= 1")
+        if pruner not in ("median", "none"):
+            raise RecipeError(f"--pruner {pruner}: expected median or none")
+        path = Path(out) if out else Path("sweeps") / name
+        if (path / "sweep.json").exists():
+            raise RunDirError(f"'{path}' already holds a sweep; continue it with powertrain sweep --resume {path}, "
+                              f"or pass another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(path / "sweep.json", {
+            "recipe": str(recipe), "overrides": list(overrides), "base": base, "space": space,
+            "objectives": objs, "target": list(tgt) if tgt else None, "split": split, "trials": trials,
+            "storage": storage, "study": f"powertrain-{name}", "seed": seed, "pruner": pruner, "baseline": baseline})
+        return cls(path)
+
+    # -- the study ---------------------------------------------------------------------------------
+    def studies(self):
+        """(study, pruning twin): created on first use, loaded by every later worker."""
+        if self._studies is None:
+            optuna = _optuna()
+            cfg = self.cfg
+            storage = self._storage(optuna)
+            sampler = optuna.samplers.TPESampler(seed=cfg["seed"] + os.getpid() % 1000, n_startup_trials=min(8, cfg["trials"]))
+            study = optuna.create_study(study_name=cfg["study"], storage=storage, load_if_exists=True, sampler=sampler,
+                                        directions=[d for _, d in self.objectives])
+            pruner = (optuna.pruners.MedianPruner(n_startup_trials=4, n_min_trials=3) if cfg["pruner"] == "median"
+                      else optuna.pruners.NopPruner())
+            twin = optuna.create_study(study_name=cfg["study"] + "-pruning", storage=storage, load_if_exists=True,
+                                       direction=self.metric[1], pruner=pruner)
+            self._studies = (study, twin)
+        return self._studies
+
+    def _storage(self, optuna):
+        url = self.cfg["storage"]
+        if not url:
+            from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+
+            f = str(self.path / "journal.log")
+            return JournalStorage(JournalFileBackend(f, lock_obj=JournalFileOpenLock(f)))
+        if url.startswith(("postgresql", "mysql", "sqlite")):  # another machine's dead worker: Optuna's heartbeat
+            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
+                                              failed_trial_callback=optuna.storages.RetryFailedTrialCallback())
+        return url
+
+    def _constrain(self, trial, m: dict) -> None:
+        """The target as an Optuna constraint (<= 0: reached), which steers the sampler to feasible trials."""
+        if not self.cfg["target"]:
+            return
+        name, op, bound = self.cfg["target"]
+        v = value_of(m, name, self.cfg["split"])
+        trial.set_constraint("target", 1.0 if v is None else (bound - v if op == ">=" else v - bound))
+
+    @contextmanager
+    def _asking(self):
+        with open(self.path / ".ask.lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def _reclaim(self, study, twin) -> None:
+        """Trials RUNNING for a worker of this host that no longer lives: FAIL, and enqueue them again."""
+        optuna = _optuna()
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
+            if host != HOST or pid is None or _alive(pid):
+                continue
+            optuna.trial.Trial(study, t._trial_id).set_user_attr("lost", f"worker {pid} on {host} died")
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            if "twin" in t.user_attrs:
+                twin.tell(t.user_attrs["twin"], state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "retry_dir": t.user_attrs.get("run_dir")})
+
+    def _next_trial(self):
+        optuna = _optuna()
+        study, twin = self.studies()
+        S = optuna.trial.TrialState
+        with self._asking():
+            self._reclaim(study, twin)
+            trials = study.get_trials(deepcopy=False)
+            if sum(t.state in (S.COMPLETE, S.PRUNED, S.RUNNING) for t in trials) >= self.cfg["trials"]:
+                return None
+            if sum(t.state == S.FAIL and "lost" not in t.user_attrs for t in trials) >= self.cfg["trials"]:
+                raise PowertrainError(f"sweep {self.path}: {self.cfg['trials']} trials failed; see their errors in "
+                                      f"powertrain sweep --resume {self.path} --summary")
+            trial = study.ask()
+            trial.set_user_attr("host", HOST)
+            trial.set_user_attr("pid", os.getpid())
+            shadow = twin.ask()
+            trial.set_user_attr("twin", shadow.number)
+        return trial, shadow
+
+    # -- running trials ------------------------------------------------------------------------------
+    def work(self, say=print) -> int:
+        """Run trials until the study has enough; returns how many this worker ran."""
+        n = 0
+        while (got := self._next_trial()) is not None:
+            self.run_trial(*got, say=say)
+            n += 1
+        return n
+
+    def run_trial(self, trial, shadow, say=print) -> None:
+        from . import api
+
+        optuna = _optuna()
+        study, twin = self.studies()
+        own = _suggest(self.dims, trial)  # the trial's keys; the sweep's own overrides are in cfg["base"]
+        trial.set_user_attr("overrides", own)
+        retry = trial.user_attrs.get("retry_dir")
+        out = self.trials_dir / f"trial-{trial.number:04d}"
+        cb = Pruning(shadow if self.cfg["pruner"] != "none" else None, self.metric[0])
+        try:
+            if retry and (Path(retry) / "checkpoints").is_dir() and any((Path(retry) / "checkpoints").iterdir()):
+                out = Path(retry)
+                trial.set_user_attr("run_dir", str(out))
+                api.resume(out, callbacks=[cb])
+            else:
+                trial.set_user_attr("run_dir", str(out))
+                api.train(self.cfg["base"], own, out=out, callbacks=[cb])
+            m = measured(out)
+        except (PowertrainError, RuntimeError, ValueError) as e:  # a bad corner of the space: this trial fails
+            trial.set_user_attr("error", str(e).splitlines()[0][:300])
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            twin.tell(shadow, state=optuna.trial.TrialState.FAIL)
+            say(f"trial {trial.number}: failed: {trial.user_attrs.get('error', e)}")
+            return
+        trial.set_user_attr("measured", m)
+        self._constrain(trial, m)
+        values = [value_of(m, n, self.cfg["split"]) for n, _ in self.objectives]
+        metric = value_of(m, self.metric[0], self.cfg["split"])
+        if cb.pruned_at is not None:
+            trial.set_user_attr("pruned_at_step", cb.pruned_at)
+            trial.set_user_attr("planned_steps", cb.planned_steps)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            twin.tell(shadow, state=optuna.trial.TrialState.PRUNED)
+        elif None in values:
+            trial.set_user_attr("error", f"no finite value for every objective: {dict(zip([n for n, _ in self.objectives], values))}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            twin.tell(shadow, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, values)
+            twin.tell(shadow, metric)
+        say(trial_line(trial.number, own, m, self.objectives, self.cfg["split"],
+                       cb.pruned_at))
+
+    def run_baseline(self, say=print) -> None:
+        """The recipe as it is, in SWEEP_DIR/baseline (resumed if a crash cut it short)."""
+        from . import api
+
+        out = self.path / "baseline"
+        if (out / "eval.json").is_file():
+            return
+        say("baseline: training the recipe as it is")
+        if (out / "recipe.yaml").is_file():
+            api.resume(out, callbacks=[])
+        else:
+            api.train(self.cfg["base"], [], out=out, callbacks=[])
+
+
+def _suggest(dims: list[Dim], trial) -> list[str]:
+    from .space import override
+
+    return [override(d.key, d.suggest(trial)) for d in dims]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def trial_line(number: int, overrides: list[str], m: dict, objectives, split: str, pruned_at) -> str:
+    vals = []
+    for n, _ in objectives:
+        v = value_of(m, n, split)
+        vals.append(f"{n} {'-' if v is None else format(v, '.4g')}" + (f" ({split})" if n not in COSTS else ""))
+    test = [f"test {n} {m['test'][n]:.4g}" for n, _ in objectives if n not in COSTS and n in m.get("test", {})]
+    tail = f"  [pruned at step {pruned_at}]" if pruned_at is not None else ""
+    return f"trial {number}: {' '.join(overrides)} -> {', '.join(vals + test)}{tail}"
+
+
+def run_sweep(sweep: Sweep, workers: int = 1, say=print) -> dict:
+    """Baseline (if asked), then the trials on `workers` processes, then the summary."""
+    from .sweep_report import summarize
+
+    if sweep.cfg["baseline"]:
+        sweep.run_baseline(say)
+    if workers <= 1:
+        sweep.work(say)
+    else:
+        cmd = [sys.executable, "-m", "powertrain", "sweep", "--resume", str(sweep.path), "--worker"]
+        procs = [subprocess.Popen(cmd) for _ in range(workers)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise PowertrainError(f"sweep {sweep.path}: worker exit codes {codes}; finished trials are kept: "
+                                  f"powertrain sweep --resume {sweep.path}")
+    return summarize(sweep)

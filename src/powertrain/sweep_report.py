@@ -1,0 +1,173 @@
+"""A sweep's summary: the trials, the Pareto front over the objectives, the trial chosen for a target,
+the energy that pruning saved; written to SWEEP_DIR/summary.json and drawn in SWEEP_DIR/front.png."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Optional
+
+from .atomic import write_json
+from .plan import human_energy
+from .sweep import COSTS, Sweep, measured, value_of
+
+
+def _dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
+    return all(s * x >= s * y for x, y, s in zip(a, b, signs)) and any(s * x > s * y for x, y, s in zip(a, b, signs))
+
+
+def front(points: dict[int, list[float]], signs: list[int]) -> list[int]:
+    """Keys of the points no other point dominates (sign +1: higher is better, -1: lower)."""
+    return sorted(k for k, p in points.items() if not any(_dominates(q, p, signs) for j, q in points.items() if j != k))
+
+
+def _saved(m: dict, total_steps: Optional[int]) -> Optional[float]:
+    """Energy a pruned trial did not spend: its measured training J per step x the steps it skipped."""
+    steps, fit_j = m.get("steps"), m.get("fit_energy_j")
+    if not steps or fit_j is None or not total_steps or total_steps <= steps:
+        return None
+    return fit_j / steps * (total_steps - steps)
+
+
+def command(sweep: Sweep, overrides: list[str]) -> str:
+    """The `powertrain train` line of a trial: the sweep's overrides that the trial does not change, then its own."""
+    own = {o.partition("=")[0] for o in overrides}
+    fixed = [o for o in sweep.cfg["overrides"] if o.partition("=")[0].strip() not in own]
+    return shlex.join(["powertrain", "train", sweep.cfg["recipe"], *fixed, *overrides])
+
+
+def summarize(sweep: Sweep, png: bool = True) -> dict:
+    study, _ = sweep.studies()
+    split, objs = sweep.cfg["split"], sweep.objectives
+    signs = [1 if d == "maximize" else -1 for _, d in objs]
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        m = t.user_attrs.get("measured")
+        row = {"number": t.number, "state": t.state.name, "overrides": t.user_attrs.get("overrides", []),
+               "run_dir": t.user_attrs.get("run_dir"), "error": t.user_attrs.get("error") or t.user_attrs.get("lost"),
+               "measured": m, "pruned_at_step": t.user_attrs.get("pruned_at_step")}
+        if m and row["pruned_at_step"] is not None:
+            row["saved_energy_j"] = _saved(m, t.user_attrs.get("planned_steps"))
+        rows.append(row)
+    done = {r["number"]: [value_of(r["measured"], n, split) for n, _ in objs] for r in rows if r["state"] == "COMPLETE"}
+    pareto = front(done, signs)
+    baseline = None
+    if (sweep.path / "baseline" / "eval.json").is_file():
+        baseline = measured(sweep.path / "baseline")
+    chosen = choose(sweep, rows)
+    saved = [r["saved_energy_j"] for r in rows if r.get("saved_energy_j")]
+    spent = sum((r["measured"] or {}).get("energy_j") or 0 for r in rows if r["measured"])
+    summary = {"sweep": str(sweep.path), "objectives": objs, "split": split, "target": sweep.cfg["target"],
+               "trials": rows, "front": pareto, "chosen": chosen, "baseline": baseline,
+               "energy": {"trials_j": spent, "saved_by_pruning_j": sum(saved), "pruned": len(saved),
+                          "saved_note": "estimated: each pruned trial's measured training J per step x the steps it "
+                                        "did not run"},
+               "states": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})}}
+    if chosen and baseline:
+        cost = next(n for n, _ in objs if n in COSTS) if any(n in COSTS for n, _ in objs) else None
+        if cost and baseline.get(cost):
+            summary["chosen"]["ratio_to_baseline"] = {cost: chosen["measured"][cost] / baseline[cost]}
+    write_json(sweep.path / "summary.json", summary)
+    if png and rows:
+        summary["picture"] = str(plot_front(sweep, summary))
+    return summary
+
+
+def choose(sweep: Sweep, rows: list[dict]) -> Optional[dict]:
+    """Among the COMPLETE trials that reach the target, the one with the lowest first cost objective."""
+    target, split = sweep.cfg["target"], sweep.cfg["split"]
+    costs = [n for n, _ in sweep.objectives if n in COSTS]
+    if not target or not costs:
+        return None
+    name, op, bound = target
+    ok = [r for r in rows if r["state"] == "COMPLETE" and (v := value_of(r["measured"], name, split)) is not None
+          and (v >= bound if op == ">=" else v <= bound)]
+    if not ok:
+        return None
+    best = min(ok, key=lambda r: value_of(r["measured"], costs[0], split))
+    return {"number": best["number"], "run_dir": best["run_dir"], "measured": best["measured"],
+            "overrides": best["overrides"], "command": command(sweep, best["overrides"]), "by": costs[0]}
+
+
+def format_summary(s: dict) -> str:
+    split, objs = s["split"], s["objectives"]
+    metric = next(n for n, _ in objs if n not in COSTS)
+    head = f"{'#':>3}  {'state':8} {split + ' ' + metric:>14} {'test ' + metric:>14} {'energy':>10} {'time s':>8}  settings"
+    lines = [head]
+    for r in s["trials"]:
+        m = r["measured"] or {}
+        v, t = value_of(m, metric, split), (m.get("test") or {}).get(metric)
+        mark = "*" if r["number"] in s["front"] else " "
+        lines.append(f"{r['number']:>3}{mark} {r['state']:8} {_f(v):>14} {_f(t):>14} "
+                     f"{human_energy(m['energy_j']) if m.get('energy_j') is not None else '-':>10} "
+                     f"{_f(m.get('time_s'), '.1f'):>8}  {' '.join(r['overrides'])}"
+                     + (f"  ({r['error']})" if r.get("error") else ""))
+    e = s["energy"]
+    lines.append(f"* Pareto front over {', '.join(f'{n} ({d[:3]})' for n, d in objs)} on {split}; "
+                 f"trials: {', '.join(f'{k.lower()} {v}' for k, v in s['states'].items())}")
+    lines.append(f"energy: {human_energy(e['trials_j'])} spent on trials; pruning {e['pruned']} trials saved "
+                 f"{human_energy(e['saved_by_pruning_j'])} ({e['saved_note']})")
+    b, c = s.get("baseline"), s.get("chosen")
+    if b:
+        lines.append(f"baseline (the recipe as it is): {split} {metric} {_f(value_of(b, metric, split))}, test "
+                     f"{_f(b['test'].get(metric))}, {human_energy(b['energy_j'])}, {_f(b['time_s'], '.1f')} s")
+    if s["target"]:
+        name, op, bound = s["target"]
+        if c:
+            ratio = c.get("ratio_to_baseline")
+            r_txt = f"; {', '.join(f'{k} {v:.2f}x the baseline' for k, v in ratio.items())}" if ratio else ""
+            lines.append(f"chosen for {name} {op} {bound:g} ({split}), lowest {c['by']}: trial {c['number']}: {split} "
+                         f"{name} {_f(value_of(c['measured'], name, split))}, test {_f(c['measured']['test'].get(name))}, "
+                         f"{human_energy(c['measured']['energy_j'])}{r_txt}")
+            lines.append(f"  {c['command']}")
+        else:
+            lines.append(f"no finished trial reached {name} {op} {bound:g} on {split}")
+    if s.get("picture"):
+        lines.append(f"front: {s['picture']}")
+    return "\n".join(lines)
+
+
+def _f(v, spec: str = ".4f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def plot_front(sweep: Sweep, s: dict) -> Path:
+    """Metric against the first cost (log scale): every trial, the front joined, the chosen one ringed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    split, objs = s["split"], s["objectives"]
+    metric = next(n for n, _ in objs if n not in COSTS)
+    cost = next((n for n, _ in objs if n in COSTS), "energy_j")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = {r["number"]: (value_of(r["measured"], cost, split), value_of(r["measured"], metric, split), r["state"])
+           for r in s["trials"] if r["measured"]}
+    for state, style in (("COMPLETE", dict(c="tab:blue", marker="o")), ("PRUNED", dict(c="0.6", marker="x"))):
+        xy = [(x, y) for x, y, st in pts.values() if st == state and x is not None and y is not None]
+        if xy:
+            ax.scatter(*zip(*xy), label=state.lower(), zorder=3, **style)
+    fr = sorted((pts[k][0], pts[k][1]) for k in s["front"] if k in pts and pts[k][0] is not None)
+    if fr:
+        ax.plot(*zip(*fr), c="tab:red", lw=1.2, label="Pareto front", zorder=2)
+    if s.get("baseline") and s["baseline"].get(cost):
+        ax.scatter([s["baseline"][cost]], [value_of(s["baseline"], metric, split)], c="k", marker="s",
+                   label="baseline (recipe as is)", zorder=4)
+    if s["target"]:
+        ax.axhline(s["target"][2], ls="--", c="0.4", lw=0.8, label=f"target {s['target'][0]} {s['target'][1]} "
+                                                                     f"{s['target'][2]:g}")
+    c = s.get("chosen")
+    if c and c["number"] in pts:
+        ax.scatter([pts[c["number"]][0]], [pts[c["number"]][1]], s=260, facecolors="none", edgecolors="tab:green",
+                   lw=2, label=f"chosen: trial {c['number']}", zorder=5)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{cost} (log scale)")
+    ax.set_ylabel(f"{split} {metric}")
+    ax.set_title(f"sweep {sweep.path.name}: {len(pts)} trials")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = sweep.path / "front.png"
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
