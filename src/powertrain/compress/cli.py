@@ -29,15 +29,27 @@ def _print_child(child, format_report) -> None:
 
 
 def cmd_prune(args) -> int:
+    epochs = _number(args.epochs, "--epochs", int, "a whole number >= 0")
+    lr = _number(args.lr, "--lr", float, "a learning rate > 0")
+    steps = _number(args.steps, "--steps", int, "a whole number >= 1")
+    progress = None if args.progress else []
+    if args.channels is not None:
+        if args.sparsity is not None or args.rounds is not None:
+            raise RecipeError("--channels (structured) and --sparsity/--rounds (unstructured) are two methods; give one")
+        from .structured import format_report, prune_channels
+
+        child = prune_channels(args.run_dir, channels=_number(args.channels, "--channels", float, "a fraction such as 0.5"),
+                               epochs=2 if epochs is None else epochs, lr=lr, steps=steps, out=args.out, callbacks=progress)
+        _print_child(child, format_report)
+        return 0
     from .prune import format_report, prune
 
-    child = prune(args.run_dir, sparsity=_number(args.sparsity, "--sparsity", float, "a fraction such as 0.8"),
-                  rounds=_number(args.rounds, "--rounds", int, "a whole number >= 1"),
-                  epochs=_number(args.epochs, "--epochs", int, "a whole number >= 0"),
-                  lr=_number(args.lr, "--lr", float, "a learning rate > 0"),
-                  steps=_number(args.steps, "--steps", int, "a whole number >= 1"), out=args.out,
-                  callbacks=None if args.progress else [])
+    child = prune(args.run_dir, sparsity=_number(args.sparsity or "0.8", "--sparsity", float, "a fraction such as 0.8"),
+                  rounds=_number(args.rounds or "1", "--rounds", int, "a whole number >= 1"),
+                  epochs=1 if epochs is None else epochs, lr=lr, steps=steps, out=args.out, callbacks=progress)
     _print_child(child, format_report)
+    print("unstructured: the zeros are stored densely, so the checkpoint is as large and a forward pass as costly "
+          "as the parent's until a sparse kernel runs them; --channels removes whole channels instead")
     return 0
 
 
@@ -68,22 +80,30 @@ def cmd_export(args) -> int:
 
 def add_commands(sub) -> None:
     """Add prune, quantize and export to an argparse subparsers object."""
-    p = sub.add_parser("prune", help="prune a run's Linear/Conv weights (global magnitude) into a derived run")
+    p = sub.add_parser("prune", help="prune a run into a derived run: whole channels (--channels, smaller and faster) "
+                                     "or single weights (--sparsity, zeros stored densely)")
     p.add_argument("run_dir")
-    p.add_argument("--sparsity", default="0.8", help="fraction of the Linear/Conv weights set to zero (default 0.8)")
-    p.add_argument("--rounds", default="1", help="prune in this many rounds, fine-tuning after each (default 1)")
-    p.add_argument("--epochs", default="1", help="fine-tuning epochs per round; 0: no fine-tuning (default 1)")
-    p.add_argument("--steps", help="fine-tuning steps per round, instead of --epochs")
+    p.add_argument("--channels", help="structured: remove this fraction of every hidden layer's channels with "
+                                      "Torch-Pruning (cnn, mlp), e.g. 0.5; the model gets smaller and faster")
+    p.add_argument("--sparsity", help="unstructured: fraction of the Linear/Conv weights set to zero (default 0.8); "
+                                      "saves nothing until a sparse kernel is used")
+    p.add_argument("--rounds", help="unstructured: prune in this many rounds, fine-tuning after each (default 1)")
+    p.add_argument("--epochs", help="fine-tuning epochs (per round); 0: no fine-tuning (default 2 with --channels, "
+                                    "else 1)")
+    p.add_argument("--steps", help="fine-tuning steps (per round), instead of --epochs")
     p.add_argument("--lr", help="fine-tuning learning rate (default: a tenth of the run's), cosine-decayed")
-    p.add_argument("--out", help="derived run directory (default RUN_DIR-pruneNN beside the run)")
+    p.add_argument("--out", help="derived run directory (default RUN_DIR-pruneNN or RUN_DIR-channelsNN beside the run)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress display")
     p.set_defaults(func=cmd_prune)
 
     q = sub.add_parser("quantize", help="int8 post-training quantization of a run into a derived run")
     q.add_argument("run_dir")
-    q.add_argument("--mode", default="dynamic", choices=["dynamic", "static"],
-                   help="dynamic: Linear/LSTM/GRU weights int8; static: a CNN or MLP all int8 (default dynamic)")
-    q.add_argument("--repeats", default="200", help="timed forward passes per model for the latency (default 200)")
+    q.add_argument("--mode", default="dynamic", choices=["dynamic", "static", "ao-weight", "ao-dynamic"],
+                   help="ao-weight / ao-dynamic: torchao int8 weights (and activations) of the Linear layers; "
+                        "dynamic: Linear/LSTM/GRU weights int8, static: a CNN or MLP all int8, both through the "
+                        "deprecated eager torch.ao.quantization (default dynamic)")
+    q.add_argument("--repeats", default="200", help="timed forward passes per model and batch size (1 and 64) for the "
+                                                    "latency (default 200)")
     q.add_argument("--threads", default="1", help="CPU threads while timing (default 1)")
     q.add_argument("--out", help="derived run directory (default RUN_DIR-int8-MODE beside the run)")
     q.set_defaults(func=cmd_quantize)

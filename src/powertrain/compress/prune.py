@@ -8,8 +8,10 @@ remaining weights each round, and `epochs` of fine-tuning follow each round (mas
 zero: the mask is applied in every forward). `prune.remove` then makes the masks permanent, so the
 saved checkpoint holds plain `weight` tensors with zeros, loadable by the unchanged recipe.
 
-Dense kernels do the same work on zeros: pruning here shrinks nothing on disk or in time by itself
-(see the report's note); it shows how much of the model the accuracy needs.
+Unstructured pruning saves nothing until a sparse kernel is used: dense kernels do the same work on
+zeros, and the zeros are stored, so the checkpoint is as large and a forward pass as costly (the
+report's `saves` says so). It shows how much of the model the accuracy needs; structured.py removes
+whole channels, which does shrink the model.
 
 >>> from powertrain.compress import prune
 >>> child = prune("runs/fashion-convnet", sparsity=0.8, epochs=1)  # doctest: +SKIP
@@ -179,8 +181,10 @@ def prune(run_dir: str | Path, sparsity: float = 0.8, rounds: int = 1, epochs: i
               "metrics": {"parent": parent_metrics(parent), "after_prune": {split: after_prune},
                           "final": {k: floats(v) for k, v in results.items()}},
               "finetune_steps": trainer.step,
-              "note": "zeros are stored densely: the checkpoint is as large and a forward pass as costly as "
-                      "the parent's; sparse kernels or structured pruning would be needed to save either"}
+              "saves": "nothing until a sparse kernel is used",
+              "note": "unstructured: zeros are stored densely, so the checkpoint is as large and a forward pass as "
+                      "costly as the parent's until a sparse kernel runs them; `--channels` (structured) removes "
+                      "whole channels instead"}
     update_derived(child, report=report)
     finish_child(child, trainer, results, "prune")
     return child.path

@@ -1,5 +1,8 @@
-"""Post-training int8 quantization of a trained run into a derived run, with size, latency and accuracy
-before and after.
+"""Post-training int8 quantization of a trained run into a derived run, with size, latency (batch 1 and
+64), energy per inference sample and accuracy before and after.
+
+- `ao-weight`, `ao-dynamic`: torchao (the maintained path) on the Linear layers: int8 weights only, or
+  int8 weights and activations quantized on the fly (ao.py).
 
 - `dynamic`: the weights of every Linear, LSTM and GRU become int8 (per tensor, symmetric); activations
   are quantized on the fly, batch by batch. Works for any model with such layers (MLP, RNN, the
@@ -9,11 +12,13 @@ before and after.
   offered for the `cnn` and `mlp` models (a plain nn.Sequential: Conv/Linear [+ BatchNorm] [+ ReLU]
   fused), and refused, naming the model, for the others.
 
-Both use `torch.ao.quantization` on the CPU backend `torch.backends.quantized.engine` (x86 here: FBGEMM
-+ oneDNN). torch marks that package deprecated in favour of torchao; on torch 2.13 it still works.
+`dynamic` and `static` use the eager `torch.ao.quantization` on the CPU backend
+`torch.backends.quantized.engine` (x86 here: FBGEMM + oneDNN). torch marks that package deprecated in
+favour of torchao, whose CPU int8 covers Linear layers only: the eager modes stay for LSTM/GRU and for
+int8 convolutions.
 
 The int8 model is saved as safetensors (`checkpoints/quantized.safetensors`: int8 weights with their
-scales and zero points, the rest as is; int8_io.py), never as a pickle; `load_quantized` rebuilds the model from
+scales and zero points, the rest as is; int8_io.py and ao.py), never as a pickle; `load_quantized` rebuilds the model from
 the recipe, quantizes its structure the same way and loads those tensors into it, bit for bit.
 
 >>> from powertrain.compress import quantize
@@ -23,17 +28,13 @@ the recipe, quantizes its structure the same way and loads those tensors into it
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
-import statistics
-import time
 from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import RecipeError, RunDirError
@@ -41,9 +42,11 @@ from ..models import count_params
 from ..recipe import Recipe, parse_recipe
 from .derived import (child_recipe, create_child, evaluate_splits, finish_child, floats,
                       load_final_weights, make_trainer, open_trained, parent_metrics, update_derived)
+from .ao import AO_MODES, ao_layers, ao_tensors, load_ao_tensors, quantize_ao
+from .infer_cost import fp32_bytes, inference_cost, slower
 from .int8_io import is_quantized_layer, load_quantized_tensors, quiet as _quiet, save_quantized
 
-MODES = ("dynamic", "static")
+MODES = ("dynamic", "static", *AO_MODES)
 DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU)
 STATIC_MODELS = ("cnn", "mlp")
 
@@ -88,6 +91,7 @@ def _static_skeleton(model: nn.Module, model_name: str) -> nn.Module:
 def quantize_model(model: nn.Module, mode: str = "dynamic", model_name: str = "",
                    calibration: Optional[list[torch.Tensor]] = None) -> nn.Module:
     """An int8 copy of `model` (eval mode, CPU). `calibration`: input batches for static ranges.
+    `mode`: dynamic, static (eager torch.ao.quantization), ao-weight, ao-dynamic (torchao; ao.py).
 
     >>> q = quantize_model(nn.Sequential(nn.Linear(8, 4)))
     >>> type(q[0]).__name__
@@ -96,6 +100,8 @@ def quantize_model(model: nn.Module, mode: str = "dynamic", model_name: str = ""
     torch.qint8
     """
     model = model.cpu().eval()
+    if mode in AO_MODES:
+        return quantize_ao(model, mode, model_name)
     if mode == "dynamic":
         if not any(isinstance(m, DYNAMIC_TYPES) for m in model.modules()):
             raise RecipeError(f"--mode dynamic: model '{model_name or type(model).__name__}' has no Linear, LSTM or "
@@ -124,46 +130,6 @@ def quantize_model(model: nn.Module, mode: str = "dynamic", model_name: str = ""
     return q
 
 
-def fp32_bytes(model: nn.Module, where: Path) -> int:
-    """Size on disk of the model's fp32 weights in the checkpoints' format (safetensors)."""
-    tmp = where / f".fp32-size-{os.getpid()}.safetensors"
-    try:
-        save_model(model, str(tmp))
-        return tmp.stat().st_size
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def latency_s(models: dict[str, nn.Module], x: torch.Tensor, warmup: int = 20, repeats: int = 200,
-              threads: int = 1) -> dict[str, float]:
-    """Median wall time of one forward pass on `x` for each model (CPU, inference mode, `threads`
-    threads), after `warmup` passes each. The models take turns in 10 blocks, so that a change of load
-    on a shared machine hits them alike."""
-    times: dict[str, list[float]] = {k: [] for k in models}
-    blocks = min(10, repeats)
-    with torch.inference_mode(), _threads(threads):
-        for m in models.values():
-            for _ in range(warmup):
-                m(x)
-        for b in range(blocks):
-            for k, m in models.items():
-                for _ in range(repeats // blocks + (b < repeats % blocks)):
-                    t0 = time.perf_counter()
-                    m(x)
-                    times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 # ---------------------------------------------------------------- the derived run
 def _cpu_recipe(recipe: Recipe) -> Recipe:
     raw = recipe.to_dict()
@@ -183,13 +149,25 @@ def _sample(trainer) -> torch.Tensor:
     return next(split.batches(torch.arange(1), 1))[0].cpu()
 
 
+def _save(qmodel: nn.Module, mode: str, child, settings: dict, model_spec: dict) -> int:
+    meta = {"format": "powertrain-int8", **settings, "model": json.dumps(model_spec)}
+    if mode not in AO_MODES:
+        return save_quantized(qmodel, child.quantized_weights, meta)
+    path = child.quantized_weights
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(ao_tensors(qmodel), str(tmp), metadata={k: str(v) for k, v in meta.items()})
+    tmp.replace(path)
+    return path.stat().st_size
+
+
 def quantize(run_dir: str | Path, mode: str = "dynamic", out: Optional[str | Path] = None,
              calibration_samples: int = 512, repeats: int = 200, warmup: int = 20, threads: int = 1) -> Path:
     """Quantize a trained (or pruned) run to int8 and write a derived run directory; returns its path.
-    derived.json's report: size on disk, CPU latency per sample (batch 1, median of `repeats` after
-    `warmup`, on `threads` threads) and metrics, fp32 against int8, and which layers became int8.
+    derived.json's report: size on disk, CPU latency (batch 1 and 64, median of `repeats` after
+    `warmup`, on `threads` threads), J per inference sample and metrics, fp32 against int8, which
+    layers became int8, and the batch sizes at which int8 is slower (`slower`).
 
-    >>> child = quantize("runs/digits-mlp", mode="dynamic")  # doctest: +SKIP
+    >>> child = quantize("runs/digits-mlp", mode="ao-dynamic")  # doctest: +SKIP
     """
     if mode not in MODES:
         raise RecipeError(f"mode (--mode): expected one of {', '.join(MODES)}, got '{mode}'")
@@ -203,34 +181,45 @@ def quantize(run_dir: str | Path, mode: str = "dynamic", out: Optional[str | Pat
     load_final_weights(parent, trainer.model, trainer.device)
     fp32 = trainer.model.eval()
     qmodel = quantize_model(fp32, mode, recipe.model.name, _calibration(trainer, calibration_samples))
-    settings = {"mode": mode, "engine": torch.backends.quantized.engine, "dtype": "qint8",
+    ao = mode in AO_MODES
+    settings = {"mode": mode, "library": "torchao" if ao else "torch.ao.quantization (eager)",
+                "engine": "torchao" if ao else torch.backends.quantized.engine, "dtype": "int8" if ao else "qint8",
                 "calibration_samples": calibration_samples if mode == "static" else 0}
     child = create_child(parent, cpu_recipe, out, f"int8-{mode}", "quantize", settings)
-    int8_bytes = save_quantized(qmodel, child.quantized_weights,
-                                {"format": "powertrain-int8", **settings, "model": json.dumps(recipe.model.model_dump())})
+    int8_bytes = _save(qmodel, mode, child, settings, recipe.model.model_dump())
     float_bytes = fp32_bytes(fp32, child.checkpoints)
     x1 = _sample(trainer)
-    lat = latency_s({"fp32": fp32, "int8": qmodel}, x1, warmup, repeats, threads)
+    cost = inference_cost({"fp32": fp32, "int8": qmodel}, x1, repeats, warmup, threads)
+    lat = {k: c["latency_s"]["1"] for k, c in cost.items()}
     from ..measure import forward_flops
 
     trainer.forward_flops_per_sample = forward_flops(fp32, x1).total  # int8 does the same multiply-adds
     n_params = count_params(fp32)
     trainer.model = trainer.forward_model = qmodel
     results = evaluate_splits(trainer)
-    quantized = [f"{n} ({type(m).__name__})" for n, m in qmodel.named_modules() if is_quantized_layer(m)]
+    quantized = ao_layers(qmodel) if ao else [f"{n} ({type(m).__name__})" for n, m in qmodel.named_modules()
+                                              if is_quantized_layer(m)]
     report = {
         "size_bytes": {"fp32": float_bytes, "int8": int8_bytes}, "size_ratio": float_bytes / int8_bytes,
         "latency_s_per_sample": lat, "latency_ratio": lat["fp32"] / lat["int8"],
-        "latency_setup": {"batch": 1, "warmup": warmup, "repeats": repeats, "statistic": "median",
+        "inference": cost, "slower": slower(cost, "fp32", "int8"),
+        "latency_setup": {"batches": [1, 64], "warmup": warmup, "repeats": repeats, "statistic": "median",
                           "threads": threads, "device": "cpu", "interleaved_blocks": min(10, repeats)},
         "metrics": {"parent": parent_metrics(parent), "final": {k: floats(v) for k, v in results.items()}},
         "quantized_layers": quantized, "params": n_params,
-        "note": ("torch.ao.quantization (eager mode) is deprecated in favour of torchao, and still works on torch "
+        "note": (f"torchao {_ao_version()} on the Linear layers" if ao else
+                 "torch.ao.quantization (eager mode) is deprecated in favour of torchao, and still works on torch "
                  f"{torch.__version__}"),
     }
     update_derived(child, report=report)
     finish_child(child, trainer, results, "quantize", params=n_params)
     return child.path
+
+
+def _ao_version() -> str:
+    from importlib.metadata import version
+
+    return version("torchao")
 
 
 def load_quantized(run, recipe: Recipe):
@@ -251,30 +240,42 @@ def load_quantized(run, recipe: Recipe):
             prepared(next(split.batches(torch.arange(2), 2))[0].cpu())  # any range: the file sets the real ones
             qmodel = convert(prepared)
     else:
-        qmodel = quantize_model(skeleton, "dynamic", recipe.model.name)
+        qmodel = quantize_model(skeleton, mode, recipe.model.name)
     try:
         tensors = load_file(str(f))
     except Exception as e:
         raise RunDirError(f"'{f}' is unreadable ({e}); quantize the parent run again") from None
-    load_quantized_tensors(qmodel, tensors, str(f))
+    (load_ao_tensors if mode in AO_MODES else load_quantized_tensors)(qmodel, tensors, str(f))
     trainer.model = trainer.forward_model = qmodel
     return qmodel.eval(), recipe, trainer
 
 
 def format_report(report: dict) -> str:
-    """Size, latency and metrics, fp32 against int8, as `powertrain quantize` prints them."""
-    s, lat = report["size_bytes"], report["latency_s_per_sample"]
+    """Size, latency at batch 1 and 64, energy and metrics, fp32 against int8, as `powertrain quantize`
+    prints them; a line in capitals when int8 is slower on this CPU."""
+    s, cost = report["size_bytes"], report.get("inference")
     m = report["metrics"]
     split = "test" if "test" in m["final"] else "val"  # a text corpus has no test split
     before, after = m["parent"].get(split, {}), m["final"].get(split, {})
-    lines = [f"{'':<22} {'fp32':>12} {'int8':>12} {'ratio':>7}",
-             f"{'size on disk (bytes)':<22} {s['fp32']:>12,} {s['int8']:>12,} {report['size_ratio']:>6.2f}x",
-             f"{'latency / sample (ms)':<22} {lat['fp32'] * 1e3:>12.3f} {lat['int8'] * 1e3:>12.3f} "
-             f"{report['latency_ratio']:>6.2f}x"]
+    lines = [f"{'':<24} {'fp32':>12} {'int8':>12} {'ratio':>7}",
+             f"{'size on disk (bytes)':<24} {s['fp32']:>12,} {s['int8']:>12,} {report['size_ratio']:>6.2f}x"]
+    if cost:
+        for b in cost["fp32"]["latency_s"]:
+            a, q = cost["fp32"]["latency_s"][b], cost["int8"]["latency_s"][b]
+            lines.append(f"{f'latency batch {b} (ms)':<24} {a * 1e3:>12.3f} {q * 1e3:>12.3f} {a / q:>6.2f}x")
+        a, q = cost["fp32"]["j_per_sample"], cost["int8"]["j_per_sample"]
+        if a and q:
+            lines.append(f"{'J / inference sample':<24} {a:>12.3g} {q:>12.3g} {a / q:>6.2f}x  [{cost['int8']['energy_method']}]")
+    else:  # a run quantized before batch 64 was measured
+        lat = report["latency_s_per_sample"]
+        lines.append(f"{'latency / sample (ms)':<24} {lat['fp32'] * 1e3:>12.3f} {lat['int8'] * 1e3:>12.3f} "
+                     f"{report['latency_ratio']:>6.2f}x")
     for k in after:
         if k in before:
-            lines.append(f"{split + ' ' + k:<22} {before[k]:>12.4f} {after[k]:>12.4f}")
+            lines.append(f"{split + ' ' + k:<24} {before[k]:>12.4f} {after[k]:>12.4f}")
     setup = report["latency_setup"]
-    lines.append(f"latency: batch {setup['batch']}, median of {setup['repeats']} after {setup['warmup']} warm-up, "
-                 f"{setup['threads']} thread{'s' if setup['threads'] > 1 else ''}; int8 layers: {', '.join(report['quantized_layers'])}")
+    lines.append(f"latency: median of {setup['repeats']} after {setup['warmup']} warm-up, {setup['threads']} "
+                 f"thread{'s' if setup['threads'] > 1 else ''}; int8 layers: {', '.join(report['quantized_layers'])}")
+    if report.get("slower"):
+        lines.append("INT8 IS SLOWER than fp32 on this CPU for this model at " + "; ".join(report["slower"]))
     return "\n".join(lines)
