@@ -23,7 +23,8 @@ def cmd_sweep(args) -> int:
     from .sweep import Sweep, run_sweep
     from .sweep_report import format_summary, summarize
 
-    say = (lambda *a: None) if args.quiet else (lambda line: print(line, flush=True))
+    out = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON alone
+    say = (lambda *a: None) if args.quiet else (lambda line: print(line, file=out, flush=True))
     if args.resume:
         if args.recipe or args.space:
             raise RecipeError("powertrain sweep --resume DIR: takes no RECIPE or --space (the sweep directory has them)")
