@@ -105,7 +105,7 @@ def test_quantize_command(runs, tmp_path, capsys):
     args = p.parse_args(["quantize", str(runs["mlp"]), "--repeats", "3", "--out", str(tmp_path / "q")])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert "size on disk (bytes)" in out and "latency / sample (ms)" in out and "derived run (quantize of" in out
+    assert "size on disk (bytes)" in out and "latency batch 64 (ms)" in out and "derived run (quantize of" in out
     args = p.parse_args(["quantize", str(runs["mlp"]), "--threads", "two", "--out", str(tmp_path / "r")])
     with pytest.raises(RecipeError, match="--threads"):
         args.func(args)
