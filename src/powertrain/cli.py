@@ -212,7 +212,7 @@ def cmd_plan(args) -> int:
 
     print(format_plan(plan(params=args.params, tokens=args.tokens, device=args.device, count=args.count,
                            dtype=args.dtype, mfu=args.mfu, from_run=args.from_run, region=args.region,
-                           pue=args.pue, price_per_kwh=args.price_per_kwh, flops=args.flops)))
+                           pue=args.pue, price_per_kwh=args.price_per_kwh, flops=args.flops, from_fit=args.from_fit)))
     return 0
 
 
@@ -356,6 +356,8 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--dtype", help="number format of the peak: bf16 (default on GPUs), fp32 (default on the CPU), fp16")
     pl.add_argument("--mfu", type=float, help="assumed MFU (default 0.40, or measured with --from)")
     pl.add_argument("--from", dest="from_run", help="calibrate MFU and J/FLOP from this measured run directory")
+    pl.add_argument("--from-fit", help="fit.json of powertrain scale: predict the loss too, split a --flops budget by the "
+                                       "fitted law, calibrate MFU and J/FLOP from its runs")
     carbon_args(pl)
     pl.set_defaults(func=cmd_plan)
 

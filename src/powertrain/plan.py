@@ -42,12 +42,33 @@ def _calibration(from_run: str) -> dict:
             "device": bill["device"]["name"], "run": str(path)}
 
 
+def _fit_calibration(fit: dict, path) -> dict:
+    cal = fit["calibration"]
+    if cal["mfu"] is None or not cal["j_per_flop"]:
+        raise RecipeError(f"--from-fit {path}: its runs' bills lack MFU or energy")
+    return {"mfu": cal["mfu"], "j_per_flop": cal["j_per_flop"], "energy_method": cal["energy_method"],
+            "device": cal["device"], "run": f"the {cal['runs']} runs of {path}"}
+
+
 def plan(params: Optional[float] = None, tokens: Optional[float] = None, device: str = "h100", count: int = 1,
          dtype: Optional[str] = None, mfu: Optional[float] = None, from_run: Optional[str] = None,
          region: Optional[str] = None, pue: Optional[float] = None, price_per_kwh: Optional[float] = None,
-         flops: Optional[float] = None) -> dict:
-    """Predict FLOPs, time, energy, CO2e and cost of training N params on D tokens on count devices."""
+         flops: Optional[float] = None, from_fit: Optional[str] = None) -> dict:
+    """Predict FLOPs, time, energy, CO2e and cost of training N params on D tokens on count devices.
+    With `from_fit` (a fit.json of `powertrain scale`): also the loss, N and D from the fitted law, and
+    the MFU and J/FLOP measured in the fit's runs."""
     notes = []
+    fit = pred = None
+    if from_fit:
+        from .scalelaw import load_fit, predict
+
+        if from_run:
+            raise RecipeError("plan: --from and --from-fit both calibrate the cost; give one")
+        fit = load_fit(from_fit)
+        pred = predict(fit, params, tokens, flops)
+        if params is None:
+            notes.append("N and D are the compute-optimal split of the FLOP budget under the fitted law")
+        params, tokens = pred["params"], pred["tokens"]
     if params is None and flops is None:
         raise RecipeError("plan: give --params N (with --tokens D) or a --flops budget")
     if params is None:
@@ -57,7 +78,7 @@ def plan(params: Optional[float] = None, tokens: Optional[float] = None, device:
     if tokens is None:
         tokens = TOKENS_PER_PARAM * params
         notes.append(f"D not given: {TOKENS_PER_PARAM} tokens per parameter (Chinchilla)")
-    total = 6 * params * tokens
+    total = pred["flops"] if pred else 6 * params * tokens
     is_cpu = device.strip().lower() == "cpu"
     dtype = dtype or ("fp32" if is_cpu else "bf16")
     cpu_power = None
@@ -76,7 +97,7 @@ def plan(params: Optional[float] = None, tokens: Optional[float] = None, device:
     if peak is None:
         known = ", ".join(s.device for s in GPU_PEAKS)
         raise RecipeError(f"--device '{device}' with --dtype {dtype}: no dense peak in the table; known: {known}")
-    cal = _calibration(from_run) if from_run else None
+    cal = _calibration(from_run) if from_run else _fit_calibration(fit, from_fit) if fit else None
     if cal and mfu is None:
         mfu_v, mfu_src = cal["mfu"], f"measured in {cal['run']} on {cal['device']}"
         if cal["device"] != peak.device:
@@ -104,7 +125,11 @@ def plan(params: Optional[float] = None, tokens: Optional[float] = None, device:
     except ValueError as e:
         raise RecipeError(f"--region/--pue: {e}") from None
     return {
-        "params": params, "tokens": tokens, "flops": total, "flops_source": "6 * N * D (forward + backward)",
+        "params": params, "tokens": tokens, "flops": total,
+        "flops_source": (f"{pred['k']:.3g} * N * D (k measured in the fit's runs)" if pred else
+                         "6 * N * D (forward + backward)"),
+        "loss": pred and {"value": pred["loss"], "interval_90": pred["loss_interval_90"], "fit": str(from_fit),
+                          "backtest_max_abs_error": fit["backtest"]["max_abs_error"]},
         "device": peak.device, "count": count, "dtype": dtype, "peak": peak.to_dict(),
         "mfu": {"value": mfu_v, "source": mfu_src},
         "time_s": time_s, "device_hours": time_s * count / 3600,
@@ -150,6 +175,7 @@ def _money(x: float) -> str:
 
 def format_plan(p: dict) -> str:
     opt = p["chinchilla"]
+    loss = p.get("loss")
     lines = [
         f"plan: {p['params']:.3g} parameters on {p['tokens']:.3g} tokens, {p['count']} x {p['device']} ({p['dtype']})",
         f"  FLOPs            {p['flops']:.3g}  ({p['flops_source']})",
@@ -162,6 +188,12 @@ def format_plan(p: dict) -> str:
         f"  CO2e             {_mass(p['co2e_g'])} ({p['carbon']['intensity']['region']}, "
         f"{p['carbon']['intensity']['g_per_kwh']:g} g/kWh; {p['carbon']['intensity']['source']})",
     ]
+    if loss:
+        iv = loss["interval_90"]
+        lines.append(f"  loss             {loss['value']:.4f}" + (f" (90% interval {iv[0]:.4f} .. {iv[1]:.4f}, bootstrap)"
+                                                                  if iv else "") +
+                     f" from the fit {loss['fit']}; its back-test missed the held-out size by at most "
+                     f"{loss['backtest_max_abs_error']:.1%}")
     if p["cost"] is not None:
         lines.append(f"  electricity cost {_money(p['cost'])} {p['carbon']['currency']}")
     lines.append(f"  compute-optimal  for the same FLOPs: {opt['params']:.3g} parameters on {opt['tokens']:.3g} tokens "

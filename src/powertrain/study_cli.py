@@ -57,6 +57,17 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_scale(args) -> int:
+    from .scale import format_fit, parse_budgets, parse_sizes, scale
+
+    recipe, *overrides = args.recipe
+    fit = scale(recipe, parse_sizes(args.sizes), parse_budgets(args.budgets), size_key=args.size_key, out=args.out,
+                overrides=overrides, say=(lambda *a: None) if args.quiet else (lambda line: print(line, flush=True)),
+                draws=_int(args.draws, "--draws", 0))
+    print(format_fit(fit))
+    return 0
+
+
 def add_commands(sub) -> None:
     s = sub.add_parser("sweep", help="search recipe settings with Optuna for the cheapest run that reaches a target")
     s.add_argument("recipe", nargs="*", metavar="RECIPE [key=value ...]",
@@ -82,3 +93,14 @@ def add_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--quiet", action="store_true", help="no line per trial")
     s.set_defaults(func=cmd_sweep)
+
+    c = sub.add_parser("scale", help="train model sizes at several FLOP budgets, fit L(N, D) (Chinchilla), back-test it")
+    c.add_argument("recipe", nargs="+", metavar="RECIPE [key=value ...]")
+    c.add_argument("--sizes", required=True, help="values of the size key, e.g. 32,48,64,96 (at least 3; the largest "
+                                                  "is held out for the back-test)")
+    c.add_argument("--budgets", required=True, help="training FLOP budgets as the bill counts them, e.g. 2e12,6e12")
+    c.add_argument("--size-key", help="recipe key that sets the size (default: model.n_embd for gpt, ...)")
+    c.add_argument("--out", help="folder for the runs, fit.json and fit.png (default scaling/RECIPE_NAME)")
+    c.add_argument("--draws", default="100", help="bootstrap refits for the intervals (default 100)")
+    c.add_argument("--quiet", action="store_true", help="no line per run")
+    c.set_defaults(func=cmd_scale)
