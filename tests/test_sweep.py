@@ -156,3 +156,15 @@ def test_sweep_killed_mid_trial_resumes(tmp_path):
     assert (first / "eval.json").read_bytes() == before  # a finished trial is untouched
     done, full = (json.loads((Path(d) / "eval.json").read_text()) for d in (lost["run_dir"], first))
     assert done["stop_reason"] == "completed" and done["step"] == full["step"]  # all 25 epochs, not more
+
+
+def test_missing_optuna_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    sweep = _sweep(tmp_path)
+    with pytest.raises(Exception, match=r"pip install 'powertrain\[sweep\]'"):
+        sweep.studies()
+
+
+def test_resume_of_a_folder_that_is_no_sweep(tmp_path):
+    r = _cli("sweep", "--resume", str(tmp_path))
+    assert r.returncode != 0 and "not a sweep directory" in r.stderr and "Traceback" not in r.stderr
