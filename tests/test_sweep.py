@@ -3,6 +3,7 @@ independent reading of the trial directories, workers share a study without losi
 trial, and a sweep killed mid-trial resumes."""
 from __future__ import annotations
 
+import html
 import json
 import os
 import shlex
@@ -94,6 +95,11 @@ def test_sweep_trials_are_runs_and_the_summary_agrees(tmp_path):
     for section in ("model", "train"):
         assert rebuilt[section] == trained[section]
     assert (sweep.path / "front.png").stat().st_size > 1000 and (sweep.path / "summary.json").is_file()
+    from powertrain.report_html import report
+
+    page = report([sweep.path]).read_text()  # the sweep's section, then its trials as compared runs
+    assert "sweep sw" in page and "data:image/png;base64," in page and html.escape(s["chosen"]["command"]) in page
+    assert all(f"trial-{k:04d}" in page for k in range(5))
 
 
 def test_pruning_stops_the_run_and_keeps_its_bill(tmp_path):

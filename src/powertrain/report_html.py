@@ -590,6 +590,18 @@ def render(run_dirs: list[str | Path], metric: Optional[str] = None, split: str 
     """The report page's HTML for `run_dirs` (one or several)."""
     if not run_dirs:
         raise RunDirError("report: give at least one run directory")
+    pre, expanded = "", []
+    for p in run_dirs:  # a sweep directory: its summary first, then its baseline and finished trials as runs
+        if (Path(p) / "sweep.json").is_file():
+            from .sweep_report import sweep_html, sweep_runs
+
+            pre += sweep_html(p)
+            expanded += sweep_runs(p)
+        else:
+            expanded.append(p)
+    run_dirs = expanded
+    if not run_dirs:
+        raise RunDirError("report: the sweep has no finished trial yet")
     views = [load_view(p, i + 1) for i, p in enumerate(run_dirs)]
     made = time.strftime("%Y-%m-%d %H:%M")
     if len(views) == 1:
@@ -618,6 +630,7 @@ def render(run_dirs: list[str | Path], metric: Optional[str] = None, split: str 
             state = "" if v.status["state"] == "complete" else f" ({esc(v.status['state'])})"
             body += (f'<details class="run" id="run{v.n}"><summary>{v.n}. {esc(v.name)}{state}</summary>'
                      f"{run_sections(v, prefix=f'run{v.n}-', metric=metric)}</details>")
+    body = pre + body
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n<body>\n"
