@@ -103,6 +103,9 @@ def test_prune_command_prints_the_layers_and_refuses_bad_values(mlp_run, tmp_pat
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "all pruned layers" in out and "50.00%" in out and f"derived run written to {tmp_path / 'x'}" in out
+    assert "until a sparse kernel" in out  # unstructured: labelled as saving nothing
+    report = json.loads((tmp_path / "x" / "derived.json").read_text())["report"]
+    assert report["saves"] == "nothing until a sparse kernel is used"
     for argv, words in ((["--sparsity", "1"], "--sparsity"), (["--sparsity", "abc"], "--sparsity"),
                         (["--rounds", "0"], "--rounds"), (["--lr", "-1"], "--lr")):
         args = parser().parse_args(["prune", str(mlp_run), *argv, "--out", str(tmp_path / "y")])
