@@ -39,8 +39,6 @@ GRID = list(itertools.product((0, 5, 10), (0, 5, 10), (-1, 0, 0.5), (0, 0.5), (0
 
 def fit_law(n, d, loss, delta: float = 1e-3, starts=None) -> dict:
     """Constants of L = E + A/N^alpha + B/D^beta that fit the points best (Chinchilla's approach 3)."""
-    from scipy.optimize import minimize
-
     logn, logd, logl = (np.log(np.asarray(x, dtype=float)) for x in (n, d, loss))
 
     def objective(theta):  # the Huber loss of the log residuals, and its gradient (softmax weights of the log-sum-exp)
@@ -56,15 +54,26 @@ def fit_law(n, d, loss, delta: float = 1e-3, starts=None) -> dict:
         grad = [(g * w[0]).sum(), (g * w[1]).sum(), (g * w[2]).sum(), -(g * w[0] * logn).sum(), -(g * w[1] * logd).sum()]
         return h, np.array(grad)
 
+    from threadpoolctl import threadpool_limits  # (scikit-learn's dependency) one BLAS thread: on a busy
+    # machine L-BFGS-B's tiny BLAS calls on several spinning threads ran 70x slower (35 s against 0.5 s)
+
+    with threadpool_limits(1):
+        best = _minimize_from(objective, starts or GRID)
+    a, b, e, alpha, beta = best.x
+    return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": float(alpha), "beta": float(beta),
+            "objective": float(best.fun)}
+
+
+def _minimize_from(objective, starts):
+    from scipy.optimize import minimize
+
     best = None
-    for a, b, e, alpha, beta in starts or GRID:
+    for a, b, e, alpha, beta in starts:
         r = minimize(objective, np.array([a, b, e, alpha, beta], float), method="L-BFGS-B", jac=True,
                      bounds=[(-10, 40), (-10, 40), (-5, 5), (0, 2.5), (0, 2.5)])
         if best is None or r.fun < best.fun:
             best = r
-    a, b, e, alpha, beta = best.x
-    return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": float(alpha), "beta": float(beta),
-            "objective": float(best.fun)}
+    return best
 
 
 def law_loss(c: dict, n, d):
