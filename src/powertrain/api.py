@@ -272,6 +272,7 @@ def load_trainer(run: RunDir, checkpoint_name: Optional[str] = None, teacher: bo
         trainer.resume(Path(weights).name)
         return trainer
     trainer = build_trainer(recipe, run, callbacks=[], teacher=teacher, writes=False)
+    trainer.adopt_recorded_precision(run.read("bill", required=False))  # 'auto': as the run's probe decided
     trainer.strategy.load_best(Path(weights) if Path(weights).is_file() else Path(weights) / "model.safetensors",
                                trainer.model, trainer.device)
     return trainer

@@ -86,7 +86,8 @@ def _components(*windows) -> tuple[dict, Optional[float], Optional[str]]:
 
 def make_bill(meter: Meter | dict, record: BillRecord, described: Optional[Meter] = None) -> dict:
     """The bill, as a JSON-able dict, from a Meter (or its `totals()`) and a `BillRecord`. Windows it
-    reads: 'fit' (training, incl. in-fit 'eval' and 'checkpoint'), 'final_eval' (J per inference sample).
+    reads: 'fit' (training, incl. in-fit 'eval', 'checkpoint', 'compile' and 'precision_probe'), 'final_eval'
+    (J per inference sample).
 
     >>> from powertrain.measure import Meter
     >>> m = Meter()
@@ -98,7 +99,8 @@ def make_bill(meter: Meter | dict, record: BillRecord, described: Optional[Meter
     totals = meter.totals() if isinstance(meter, Meter) else dict(meter)
     described = described if described is not None else (meter if isinstance(meter, Meter) else None)
     device = record.device if isinstance(record.device, torch.device) else torch.device(record.device)
-    fit, ev, fin, ck, comp = (totals.get(k) for k in ("fit", "eval", "final_eval", "checkpoint", "compile"))
+    fit, ev, fin, ck, comp, probe = (totals.get(k) for k in ("fit", "eval", "final_eval", "checkpoint", "compile",
+                                                              "precision_probe"))
     carbon = described.carbon if described is not None else CarbonModel()
     samples = record.samples_trained
     train_flops = fit.flops if fit and fit.flops is not None else record.train_flops
@@ -106,7 +108,8 @@ def make_bill(meter: Meter | dict, record: BillRecord, described: Optional[Meter
     eval_s = (ev.time_s if ev else 0.0) + (fin.time_s if fin else 0.0)
     ckpt_s = ck.time_s if ck else 0.0
     compile_s = comp.time_s if comp else None  # the first step under torch.compile, compilation included
-    compute_s = fit_s - (ev.time_s if ev else 0.0) - ckpt_s - (compile_s or 0.0) if fit_s else None
+    probe_s = probe.time_s if probe else None  # precision: auto's CPU probe (autoprecision.py)
+    compute_s = fit_s - (ev.time_s if ev else 0.0) - ckpt_s - (compile_s or 0.0) - (probe_s or 0.0) if fit_s else None
     peak = peak_for(device, "tf32" if record.tf32 else PRECISION_DTYPE[record.precision])
     n_devices = record.job.get("world_size", 1)  # one device per rank (a GPU; on CPU, the threads of each rank)
     achieved = train_flops / compute_s if compute_s and train_flops else None
@@ -125,6 +128,7 @@ def make_bill(meter: Meter | dict, record: BillRecord, described: Optional[Meter
         "steps": record.steps, "samples_trained": samples,
         "time_s": {"total": (fit_s or 0.0) + (fin.time_s if fin else 0.0), "fit": fit_s,
                    **phases, "eval": eval_s, "checkpoint": ckpt_s, "compile": compile_s,
+                   **({"precision_probe": probe_s} if probe_s is not None else {}),
                    "phases_note": ("perf_counter around each phase" if device.type == "cpu" else
                                    "perf_counter around each phase; CUDA runs asynchronously, so phase times "
                                    "are launch times and only fit/eval/checkpoint (synchronised) are exact")},

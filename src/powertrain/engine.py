@@ -19,7 +19,6 @@ a strategy object (strategy.py): the loop below is the same for all three.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -34,7 +33,8 @@ from .callbacks import Callback, Progress
 from .data import DataBundle
 from .data.augment import augment_batch
 from .errors import NonFiniteLoss, RecipeError
-from .hardware import resolve_device, resolve_precision, use_tf32
+from .autoprecision import AutoPrecision
+from .hardware import resolve_device, use_tf32
 from .measure import Meter
 from .models.check import check_fit
 from .optim import build_optimizer, build_scheduler, freeze, param_groups
@@ -44,10 +44,8 @@ from .signals import Deferred, Interrupted
 from .outcome import Outcome
 from .trainstate import TrainState
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-class Trainer(Outcome, TrainState):
+class Trainer(Outcome, TrainState, AutoPrecision):
     def __init__(self, model: nn.Module, data: DataBundle, config: Optional[TrainConfig] = None, *,
                  run_dir: Optional[str | Path | RunDir] = None, callbacks: Optional[Iterable[Callback]] = None,
                  seed: int = 0, meter: Optional[Meter | bool] = None):
@@ -59,7 +57,7 @@ class Trainer(Outcome, TrainState):
         self.strategy = strategies.make(cfg.strategy)
         self.dist = self.strategy.dist
         self.device = resolve_device(cfg.device)
-        self.precision = resolve_precision(cfg.precision, self.device)
+        self._init_precision(cfg.precision)  # 'auto' on a CPU: a probe at the start of fit (autoprecision.py)
         self.tf32 = use_tf32(self.device, self.precision)
         self.data = data.to(self.device)
         self.task, self.num_classes = data.meta.task, data.meta.num_classes
@@ -71,8 +69,6 @@ class Trainer(Outcome, TrainState):
         self._check_fit()
         self.steps_per_epoch = math.ceil(len(self.data.train) / cfg.batch_size)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self._autocast = (contextlib.nullcontext if self.precision == "fp32" else
-                          lambda: torch.autocast(self.device.type, dtype=DTYPES[self.precision]))
         self._count_step_flops()  # model FLOPs: before recomputation and sharding change what runs
         if cfg.activation_checkpointing:
             from .distributed import checkpoint_activations
@@ -202,6 +198,7 @@ class Trainer(Outcome, TrainState):
         self._in_fit = True
         self._metrics = self._open_run() if self.run is not None and self.dist.is_main else MetricsLog(None)
         self._metrics.open()  # kept open during fit: a line costs a write, not an open
+        self._probe_precision()  # a new run with 'auto' on a CPU: fp32 or bf16, measured (inside the fit window)
         for cb in self.callbacks:
             cb.on_fit_start(self)
         try:

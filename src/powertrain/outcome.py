@@ -145,7 +145,10 @@ class Outcome:
         record = self.bill_record()  # both collectives in a job: every rank takes part
         if not self.dist.is_main:
             return {"rank": self.dist.rank, "note": "the job's bill is rank 0's"}
-        return make_bill(totals, record, self.meter)
+        bill = make_bill(totals, record, self.meter)
+        if getattr(self, "precision_note", None):  # how 'auto' chose the precision (autoprecision.py)
+            bill["device"]["precision_auto"] = self.precision_note
+        return bill
 
     def bill_record(self):
         """The plain figures a bill needs besides the Meter's totals."""

@@ -41,7 +41,8 @@ class TrainState:
             "trainer": {"best": self.best, "bad_evals": self._bad_evals, "loss_sum": self._loss_sum,
                         "loss_n": self._loss_n, "stop_reason": self.stop_reason, "phase_s": dict(self.phase_s),
                         "eval_samples": self.eval_samples, "epoch_carry": self._epoch_carry,
-                        "pending_lines": list(self._pending_lines), "metrics_bytes": self._metrics.offset()},
+                        "pending_lines": list(self._pending_lines), "metrics_bytes": self._metrics.offset(),
+                        "precision": self._precision_state()},
             "meter": self._meter_state(),
         }
 
@@ -77,6 +78,7 @@ class TrainState:
         self.phase_s, self.eval_samples = dict(t["phase_s"]), dict(t["eval_samples"])
         self._epoch_carry, self._pending_lines = t.get("epoch_carry"), list(t.get("pending_lines", []))
         self.metrics_bytes = t.get("metrics_bytes")  # metrics.jsonl's length at this checkpoint (resume cuts it there)
+        self._load_precision_state(t.get("precision"))  # 'auto' as the run decided it: no new probe
         if self.meter and state.get("meter") and self.dist.is_main:
             self.meter.load_state_dict(state["meter"])
 
