@@ -27,7 +27,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .hardware import cpu_has_native_bf16
+from .hardware import cpu_has_native_bf16, resolve_precision
 
 SPEEDUP_BAR = 1.10  # bf16 must be at least this much faster than fp32 to be picked
 SHORT_RUN_S = 10.0  # expected training time below which 'auto' keeps fp32 without the full probe
@@ -60,15 +60,13 @@ def decide(speedup: float) -> tuple[str, str]:
     """(precision, what the run records about the choice)."""
     if speedup >= SPEEDUP_BAR:
         return "bf16", f"bf16 (auto: probe {speedup:.2f}x faster than fp32)"
-    return "fp32", f"fp32 (auto: bf16 probe not faster, {speedup:.2f}x fp32's speed; bar {SPEEDUP_BAR:.2f}x)"
+    return "fp32", f"fp32 (auto: bf16 probe not measurably faster: {speedup:.2f}x fp32's speed, bar {SPEEDUP_BAR:.2f}x)"
 
 
 class AutoPrecision:
     """Mixin of `Trainer`: the precision, its autocast, and the CPU probe of `precision: auto`."""
 
     def _init_precision(self, asked: str) -> None:
-        from .hardware import resolve_precision
-
         self.set_precision(resolve_precision(asked, self.device))
         self._precision_pending = asked == "auto" and self.device.type == "cpu"  # probed at the start of fit
 
