@@ -30,6 +30,7 @@ def cmd_sweep(args) -> int:
             raise RecipeError("powertrain sweep --resume DIR: takes no RECIPE or --space (the sweep directory has them)")
         sweep = Sweep(args.resume)
         if args.worker:
+            sweep.worker = True
             sweep.work(say)
             return 0
         if args.summary:

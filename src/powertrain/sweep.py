@@ -127,6 +127,7 @@ class Sweep:
         self.objectives = [tuple(o) for o in self.cfg["objectives"]]
         self.metric = next((n, d) for n, d in self.objectives if n not in COSTS)
         self._studies = None
+        self.worker = False  # a process started by --workers: its sampler gets its own seed
 
     @classmethod
     def create(cls, recipe: str, space: dict, *, overrides=(), out=None, trials=20, objectives=("accuracy:max",
@@ -164,7 +165,7 @@ class Sweep:
             optuna = _optuna()
             cfg = self.cfg
             storage = self._storage(optuna)
-            sampler = optuna.samplers.TPESampler(seed=cfg["seed"] + os.getpid() % 1000, n_startup_trials=min(8, cfg["trials"]))
+            sampler = optuna.samplers.TPESampler(seed=cfg["seed"] + (os.getpid() if self.worker else 0), n_startup_trials=min(8, cfg["trials"]))
             study = optuna.create_study(study_name=cfg["study"], storage=storage, load_if_exists=True, sampler=sampler,
                                         directions=[d for _, d in self.objectives])
             pruner = (optuna.pruners.MedianPruner(n_startup_trials=4, n_min_trials=3) if cfg["pruner"] == "median"
