@@ -165,7 +165,8 @@ class Sweep:
             optuna = _optuna()
             cfg = self.cfg
             storage = self._storage(optuna)
-            sampler = optuna.samplers.TPESampler(seed=cfg["seed"] + (os.getpid() if self.worker else 0), n_startup_trials=min(8, cfg["trials"]))
+            seed = cfg["seed"] + (os.getpid() if self.worker else 0)
+            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, cfg["trials"]))
             study = optuna.create_study(study_name=cfg["study"], storage=storage, load_if_exists=True, sampler=sampler,
                                         directions=[d for _, d in self.objectives])
             pruner = (optuna.pruners.MedianPruner(n_startup_trials=4, n_min_trials=3) if cfg["pruner"] == "median"
