@@ -38,6 +38,7 @@ from .transformer import Block, init_weights
 class GPTOptions(Options):
     n_layer: int = Field(4, ge=1)  # transformer blocks
     n_head: int = Field(4, ge=1)  # attention heads per block; must divide n_embd
+    head_dim: Optional[int] = Field(None, ge=1)  # width of each head; None: n_embd / n_head (set by head pruning)
     n_embd: int = Field(128, ge=1)  # width of the residual stream (d)
     block_size: Optional[int] = Field(None, ge=1)  # longest context in tokens; None: the dataset's sequence length
     dropout: float = Field(0.0, ge=0, lt=1)  # after the embeddings, on attention weights and on each residual branch
@@ -45,7 +46,7 @@ class GPTOptions(Options):
 
     @model_validator(mode="after")
     def _heads_divide(self):
-        if self.n_embd % self.n_head:
+        if self.head_dim is None and self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         return self
 
@@ -58,7 +59,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(vocab_size, d)  # token embeddings
         self.wpe = nn.Embedding(block_size, d)  # learned position embeddings
         self.drop = nn.Dropout(opts.dropout)
-        self.h = nn.ModuleList(Block(d, opts.n_head, 4 * d, opts.dropout, opts.bias, causal=True)
+        self.h = nn.ModuleList(Block(d, opts.n_head, 4 * d, opts.dropout, opts.bias, causal=True, head_dim=opts.head_dim)
                                for _ in range(opts.n_layer))
         self.ln_f = nn.LayerNorm(d, bias=opts.bias)
         self.lm_head = nn.Linear(d, vocab_size, bias=False)

@@ -36,23 +36,25 @@ from .rnn import SequenceInput
 
 # ---------------------------------------------------------------- the block (shared with gpt.py)
 class SelfAttention(nn.Module):
-    def __init__(self, d: int, n_head: int, dropout: float = 0.0, bias: bool = True, causal: bool = False):
+    def __init__(self, d: int, n_head: int, dropout: float = 0.0, bias: bool = True, causal: bool = False,
+                 head_dim: Optional[int] = None):
         super().__init__()
-        assert d % n_head == 0, f"d ({d}) must be a multiple of n_head ({n_head})"
+        assert head_dim is not None or d % n_head == 0, f"d ({d}) must be a multiple of n_head ({n_head})"
         self.n_head, self.dropout, self.causal = n_head, dropout, causal
-        self.c_attn = nn.Linear(d, 3 * d, bias=bias)  # query, key and value for all heads in one matmul
-        self.c_proj = nn.Linear(d, d, bias=bias)  # mixes the heads back into the residual stream
+        self.inner = n_head * (head_dim or d // n_head)  # the heads side by side: d, or less once heads are pruned
+        self.c_attn = nn.Linear(d, 3 * self.inner, bias=bias)  # query, key and value for all heads in one matmul
+        self.c_proj = nn.Linear(self.inner, d, bias=bias)  # mixes the heads back into the residual stream
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (B, T, d) -> (B, T, d); keep (B, T) bool: the keys that may be attended to (False at padding)."""
         B, T, d = x.shape
-        q, k, v = self.c_attn(x).split(d, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, d // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k, v = self.c_attn(x).split(self.inner, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, self.inner // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         mask = None if keep is None else keep[:, None, None, :]  # (B, 1, 1, T), broadcast over heads and queries
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=self.causal)  # softmax(q k^T / sqrt(hs)) v
-        y = y.transpose(1, 2).contiguous().view(B, T, d)  # heads side by side again
+        y = y.transpose(1, 2).contiguous().view(B, T, self.inner)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -69,10 +71,11 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, d: int, n_head: int, d_ff: int, dropout: float = 0.0, bias: bool = True, causal: bool = False):
+    def __init__(self, d: int, n_head: int, d_ff: int, dropout: float = 0.0, bias: bool = True, causal: bool = False,
+                 head_dim: Optional[int] = None):
         super().__init__()
         self.ln_1 = nn.LayerNorm(d, bias=bias)
-        self.attn = SelfAttention(d, n_head, dropout, bias, causal)
+        self.attn = SelfAttention(d, n_head, dropout, bias, causal, head_dim)
         self.ln_2 = nn.LayerNorm(d, bias=bias)
         self.mlp = FeedForward(d, d_ff, dropout, bias)
 
@@ -109,6 +112,7 @@ def sinusoidal_positions(n: int, d: int) -> torch.Tensor:
 class TransformerOptions(Options):
     d_model: int = Field(64, ge=1)  # width of the residual stream
     n_head: int = Field(4, ge=1)  # attention heads; must divide d_model
+    head_dim: Optional[int] = Field(None, ge=1)  # width of each head; None: d_model / n_head (set by head pruning)
     n_layer: int = Field(2, ge=1)  # transformer blocks
     d_ff: Optional[int] = Field(None, ge=1)  # hidden width of each block's MLP; None: 4 * d_model
     dropout: float = Field(0.0, ge=0, lt=1)  # after embeddings, on attention weights and on each residual branch
@@ -122,7 +126,7 @@ class TransformerOptions(Options):
 
     @model_validator(mode="after")
     def _heads_divide(self):
-        if self.d_model % self.n_head:
+        if self.head_dim is None and self.d_model % self.n_head:
             raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_head ({self.n_head})")
         return self
 
@@ -146,7 +150,7 @@ class TransformerClassifier(nn.Module):
         self.wpe = nn.Embedding(n_pos, d) if opts.positions == "learned" else None
         self.register_buffer("pe", sinusoidal_positions(n_pos, d) if self.wpe is None else None, persistent=False)
         self.drop = nn.Dropout(opts.dropout)
-        self.blocks = nn.ModuleList(Block(d, opts.n_head, opts.d_ff or 4 * d, opts.dropout, opts.bias)
+        self.blocks = nn.ModuleList(Block(d, opts.n_head, opts.d_ff or 4 * d, opts.dropout, opts.bias, head_dim=opts.head_dim)
                                     for _ in range(opts.n_layer))
         self.ln_f = nn.LayerNorm(d, bias=opts.bias)
         self.head = nn.Linear(d, output_size(meta))
