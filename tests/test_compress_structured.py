@@ -1,6 +1,7 @@
-"""Structured pruning (Torch-Pruning): the pruned model computes what the parent computes with the removed
-channels zeroed, its FLOPs match an analytic count of the smaller widths, its recipe rebuilds it, and
-the derived run is read by eval, predict, report and export like any run; the command's refusals."""
+"""Structured pruning (channels with Torch-Pruning, attention heads by hand): the pruned model computes
+what the parent computes with the removed channels or heads silenced, its FLOPs match an analytic count
+of the smaller shape, its recipe rebuilds it, and the derived run is read by eval, predict, report and
+export like any run; the command's refusals."""
 import argparse
 import json
 import sys
@@ -15,7 +16,7 @@ import copy
 
 import powertrain
 from powertrain import data, models
-from powertrain.compress import export, prune_channels
+from powertrain.compress import export, prune_channels, prune_heads
 from powertrain.compress.cli import add_commands
 from powertrain.compress.structured import remove_channels
 from powertrain.data import DataMeta
@@ -99,6 +100,51 @@ def test_predict_on_a_pruned_mlp(runs, tmp_path):
     result = predict(child, tmp_path / "x.npy")
     assert [int(p["class"]) for p in result["predictions"]] == want
     assert result["bill"]["flops"]["per_sample_forward"] == 2 * (64 * 192 + 192 * 96 + 96 * 10)
+
+
+def test_removed_heads_are_the_parent_with_those_heads_silenced():
+    from powertrain.compress.heads import remove_heads
+    from powertrain.measure import forward_flops
+    from powertrain.models.transformer import Block
+
+    torch.manual_seed(0)
+    d, n, hs, T = 24, 6, 4, 5
+    parent = nn.Sequential(Block(d, n, 32))
+    x = torch.randn(2, T, d)
+    pruned = copy.deepcopy(parent)
+    assert remove_heads(pruned, 0.5) == {"n_head": 3, "head_dim": hs}
+    a = parent[0].attn
+    q, k, v = a.c_attn.weight.detach().view(3, n, hs, d)  # each head's score, from the parent's weights
+    qb, kb, vb = a.c_attn.bias.detach().view(3, n, hs)
+    score = [sum(float(t[h].pow(2).sum()) for t in (q, k, v, qb, kb, vb))
+             + float(a.c_proj.weight.detach()[:, h * hs:(h + 1) * hs].pow(2).sum()) for h in range(n)]
+    kept = sorted(sorted(range(n), key=lambda h: -score[h])[:3])
+    reference = copy.deepcopy(parent)
+    with torch.no_grad():  # a head whose output columns are zero adds nothing to the residual stream
+        for h in set(range(n)) - set(kept):
+            reference[0].attn.c_proj.weight[:, h * hs:(h + 1) * hs] = 0
+        assert torch.allclose(pruned(x), reference(x), atol=1e-5)
+        cols = torch.cat([torch.arange(h * hs, (h + 1) * hs) for h in kept])
+        assert torch.equal(pruned[0].attn.c_proj.weight, a.c_proj.weight[:, cols])
+    inner = 3 * hs  # qkv and projection matmuls, scores and weighted values of 3 heads, the MLP
+    by_hand = 2 * T * d * 3 * inner + 2 * T * inner * d + 2 * (2 * T * T * inner) + 2 * (2 * T * d * 32)
+    assert forward_flops(pruned, x[:1]).total == by_hand
+
+
+def test_head_pruned_transformer_run_loads_from_its_recipe(tmp_path):
+    tiny = {"data": {"name": "mnist1d"}, "train": {"max_steps": 3, "batch_size": 50, "device": "cpu"},
+            "model": {"name": "transformer", "d_model": 16, "n_head": 4, "n_layer": 1, "patch": 5, "patch_stride": 5}}
+    run = powertrain.train(tiny, out=tmp_path / "t", callbacks=[]).dir
+    child = prune_heads(run, heads=0.5, steps=2, out=tmp_path / "h", callbacks=[], repeats=2, warmup=0)
+    parent_recipe, recipe = (powertrain.load_recipe(d / "recipe.yaml") for d in (run, child))
+    assert recipe.model.n_head == parent_recipe.model.n_head // 2
+    assert recipe.model.head_dim == parent_recipe.model.d_model // parent_recipe.model.n_head
+    f = json.loads((child / "derived.json").read_text())["report"]["figures"]
+    assert f["pruned"]["flops_per_sample"] < f["parent"]["flops_per_sample"] and f["pruned"]["bytes"] < f["parent"]["bytes"]
+    saved = json.loads((child / "eval.json").read_text())["test"]
+    assert powertrain.evaluate(child)["accuracy"] == pytest.approx(saved["accuracy"])
+    with pytest.raises(RecipeError, match="not model 'transformer'.*--sparsity"):
+        prune_channels(run, out=tmp_path / "x")
 
 
 def parser():

@@ -33,14 +33,18 @@ def cmd_prune(args) -> int:
     lr = _number(args.lr, "--lr", float, "a learning rate > 0")
     steps = _number(args.steps, "--steps", int, "a whole number >= 1")
     progress = None if args.progress else []
-    if args.channels is not None:
-        if args.sparsity is not None or args.rounds is not None:
-            raise RecipeError("--channels (structured) and --sparsity/--rounds (unstructured) are two methods; give one")
-        from .structured import format_report, prune_channels
+    structured = [flag for flag in ("channels", "heads") if getattr(args, flag) is not None]
+    if structured:
+        if len(structured) > 1 or args.sparsity is not None or args.rounds is not None:
+            raise RecipeError("--channels, --heads (structured) and --sparsity/--rounds (unstructured) are separate "
+                              "methods; give one")
+        from . import structured as st
 
-        child = prune_channels(args.run_dir, channels=_number(args.channels, "--channels", float, "a fraction such as 0.5"),
-                               epochs=2 if epochs is None else epochs, lr=lr, steps=steps, out=args.out, callbacks=progress)
-        _print_child(child, format_report)
+        what = structured[0]
+        fn = st.prune_channels if what == "channels" else st.prune_heads
+        child = fn(args.run_dir, _number(getattr(args, what), f"--{what}", float, "a fraction such as 0.5"),
+                   epochs=2 if epochs is None else epochs, lr=lr, steps=steps, out=args.out, callbacks=progress)
+        _print_child(child, st.format_report)
         return 0
     from .prune import format_report, prune
 
@@ -81,10 +85,12 @@ def cmd_export(args) -> int:
 def add_commands(sub) -> None:
     """Add prune, quantize and export to an argparse subparsers object."""
     p = sub.add_parser("prune", help="prune a run into a derived run: whole channels (--channels, smaller and faster) "
-                                     "or single weights (--sparsity, zeros stored densely)")
+                                     "or heads (--heads), or single weights (--sparsity, zeros stored densely)")
     p.add_argument("run_dir")
     p.add_argument("--channels", help="structured: remove this fraction of every hidden layer's channels with "
                                       "Torch-Pruning (cnn, mlp), e.g. 0.5; the model gets smaller and faster")
+    p.add_argument("--heads", help="structured: remove this fraction of every attention layer's heads (transformer, "
+                                   "gpt), e.g. 0.5")
     p.add_argument("--sparsity", help="unstructured: fraction of the Linear/Conv weights set to zero (default 0.8); "
                                       "saves nothing until a sparse kernel is used")
     p.add_argument("--rounds", help="unstructured: prune in this many rounds, fine-tuning after each (default 1)")
@@ -92,7 +98,7 @@ def add_commands(sub) -> None:
                                     "else 1)")
     p.add_argument("--steps", help="fine-tuning steps (per round), instead of --epochs")
     p.add_argument("--lr", help="fine-tuning learning rate (default: a tenth of the run's), cosine-decayed")
-    p.add_argument("--out", help="derived run directory (default RUN_DIR-pruneNN or RUN_DIR-channelsNN beside the run)")
+    p.add_argument("--out", help="derived run directory (default RUN_DIR-pruneNN, -channelsNN or -headsNN beside the run)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress display")
     p.set_defaults(func=cmd_prune)
 

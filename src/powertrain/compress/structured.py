@@ -1,5 +1,6 @@
-"""Structured pruning: whole channels of a trained run removed with Torch-Pruning, into a derived run
-whose model is really smaller (fewer weights on disk, fewer FLOPs on the bill, faster passes).
+"""Structured pruning: whole channels (Torch-Pruning) or attention heads (heads.py) of a trained run
+removed, into a derived run whose model is really smaller (fewer weights on disk, fewer FLOPs on the
+bill, faster passes).
 
 Torch-Pruning traces the model's dependency graph, so that a Conv filter goes with its bias, the
 BatchNorm channel after it, the input channel of the next Conv and, across a Flatten, the Linear
@@ -7,15 +8,18 @@ columns it fed. Each group is ranked by the L2 norm of its weights (`GroupMagnit
 the same fraction `channels` of every hidden Conv filter set and Linear layer is removed; the output
 layer keeps its width.
 
-**How the pruned run loads.** The models this is offered for (`cnn`, `mlp`) list each layer's width
-in the recipe (`model.conv`, `model.dense`, `model.hidden`). The child's recipe.yaml holds the pruned
-widths, so the child is an ordinary run of a smaller model: `powertrain eval`, `predict`, `report`,
-`export` and `distill --teacher` build it from its recipe and load its checkpoint like any other run,
-and the pruning checks that the recipe rebuilds exactly the pruned model (strict load). A model
-whose recipe cannot say per-layer widths (resnet stages, transformer heads) is refused in one line.
+**How the pruned run loads.** The models this is offered for say their pruned shape in the recipe:
+`cnn` and `mlp` list each layer's width (`model.conv`, `model.dense`, `model.hidden`); `transformer`
+and `gpt` keep the same number of heads in every layer (`model.n_head`, with `model.head_dim`, the
+heads' unchanged width). The child's recipe.yaml holds the pruned shape, so the child is an ordinary
+run of a smaller model: `powertrain eval`, `predict`, `report`, `export` and `distill --teacher` build
+it from its recipe and load its checkpoint like any other run, and the pruning checks that the
+recipe rebuilds exactly the pruned model (strict load). Another model (resnet's stages tie channels
+across blocks) is refused in one line.
 
->>> from powertrain.compress.structured import prune_channels
+>>> from powertrain.compress.structured import prune_channels, prune_heads
 >>> child = prune_channels("runs/fashion-convnet", channels=0.5, epochs=2)  # doctest: +SKIP
+>>> child = prune_heads("runs/mnist1d-transformer", heads=0.5, epochs=2)  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from .derived import (child_recipe, create_child, evaluate_splits, finish_child,
                       make_trainer, open_trained, parent_metrics, update_derived)
 from .infer_cost import fp32_bytes, inference_cost, slower
 
-OFFERED = ("cnn", "mlp")
+OFFERED = {"channels": ("cnn", "mlp"), "heads": ("transformer", "gpt")}
 
 
 def hidden_widths(model: nn.Module, model_name: str) -> dict:
@@ -65,15 +69,30 @@ def remove_channels(model: nn.Module, example: torch.Tensor, channels: float) ->
     return model
 
 
-def _settings(channels, epochs, lr, steps) -> dict:
+def _settings(what: str, amount, epochs, lr, steps) -> dict:
     from .prune import _settings as unstructured
 
-    if isinstance(channels, bool) or not isinstance(channels, (int, float)) or not 0 < channels < 1:
-        raise RecipeError(f"channels (--channels): expected the fraction of each layer's channels to remove, "
-                          f"0 < channels < 1 (e.g. 0.5), got {channels!r}")
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount < 1:
+        raise RecipeError(f"{what} (--{what}): expected the fraction of each layer's {what} to remove, "
+                          f"0 < {what} < 1 (e.g. 0.5), got {amount!r}")
     s = unstructured(0.5, 1, epochs, lr, steps)  # the same checks of the fine-tuning settings
-    return {"structured": "channels", "channels": float(channels), "epochs": s["epochs"], "steps": s["steps"],
-            "lr": s["lr"], "rounds": 1}
+    return {"structured": what, what: float(amount), "epochs": s["epochs"], "steps": s["steps"], "lr": s["lr"],
+            "rounds": 1}
+
+
+def _widths(what: str, model: nn.Module, model_name: str) -> dict:
+    from .heads import head_widths
+
+    return hidden_widths(model, model_name) if what == "channels" else head_widths(model)
+
+
+def _shrink(what: str, model: nn.Module, sample: torch.Tensor, amount: float, model_name: str) -> dict:
+    """Prune `model` in place; returns the recipe keys that describe it now."""
+    if what == "heads":
+        from .heads import remove_heads
+
+        return remove_heads(model, amount)
+    return hidden_widths(remove_channels(model, sample, amount), model_name)
 
 
 def pruned_recipe(base: Recipe, widths: dict) -> Recipe:
@@ -94,13 +113,31 @@ def prune_channels(run_dir: str | Path, channels: float = 0.5, epochs: int = 2, 
 
     >>> child = prune_channels("runs/digits-mlp", channels=0.5, epochs=1)  # doctest: +SKIP
     """
-    s = _settings(channels, epochs, lr, steps)
-    need_extra("torch_pruning", "shrink", "structured pruning (--channels)")
+    return _prune(run_dir, "channels", channels, epochs, lr, steps, out, callbacks, repeats, warmup, threads)
+
+
+def prune_heads(run_dir: str | Path, heads: float = 0.5, epochs: int = 2, lr: Optional[float] = None,
+                steps: Optional[int] = None, out: Optional[str | Path] = None, callbacks=None,
+                repeats: int = 100, warmup: int = 10, threads: int = 1) -> Path:
+    """As `prune_channels`, removing the fraction `heads` of the attention heads of every layer of a
+    trained `transformer` or `gpt` run (heads.py); the child's recipe holds `n_head` and `head_dim`.
+
+    >>> child = prune_heads("runs/mnist1d-transformer", heads=0.5, epochs=1)  # doctest: +SKIP
+    """
+    return _prune(run_dir, "heads", heads, epochs, lr, steps, out, callbacks, repeats, warmup, threads)
+
+
+def _prune(run_dir, what: str, amount: float, epochs, lr, steps, out, callbacks, repeats, warmup, threads) -> Path:
+    s = _settings(what, amount, epochs, lr, steps)
+    if what == "channels":
+        need_extra("torch_pruning", "shrink", "structured pruning (--channels)")
     parent, recipe = open_trained(run_dir, "prune")
-    if recipe.model.name not in OFFERED:
-        raise RecipeError(f"--channels: structured pruning is offered for models whose recipe lists each layer's "
-                          f"width ({', '.join(OFFERED)}), not model '{recipe.model.name}'; use --sparsity "
-                          f"(unstructured: zeros, which save nothing until a sparse kernel runs them)")
+    if recipe.model.name not in OFFERED[what]:
+        other = {"channels": "heads", "heads": "channels"}[what]
+        raise RecipeError(f"--{what}: structured pruning of {what} is offered for models {', '.join(OFFERED[what])} "
+                          f"(--{other}: {', '.join(OFFERED[other])}), whose recipe can say the pruned widths, not model "
+                          f"'{recipe.model.name}'; use --sparsity (unstructured: zeros, which save nothing until a "
+                          f"sparse kernel runs them)")
     from .prune import finetune_recipe
 
     base = child_recipe(recipe, parent)
@@ -109,8 +146,8 @@ def prune_channels(run_dir: str | Path, channels: float = 0.5, epochs: int = 2, 
     sample = next(source.data.test.batches(torch.arange(1), 1))[0] if source.data.test is not None else \
         next(source.data.val.batches(torch.arange(1), 1))[0]
     parent_model = source.model.eval()
-    pruned = remove_channels(copy.deepcopy(parent_model), sample, s["channels"])
-    widths = hidden_widths(pruned, recipe.model.name)
+    pruned = copy.deepcopy(parent_model)
+    widths = _shrink(what, pruned, sample, amount, recipe.model.name)
     small = pruned_recipe(base, widths)
     tune = s["epochs"] > 0 or s["steps"] is not None
     tuned = finetune_recipe(small, {**s, "rounds": 1}) if tune else small
@@ -118,7 +155,7 @@ def prune_channels(run_dir: str | Path, channels: float = 0.5, epochs: int = 2, 
     trainer.model.load_state_dict(pruned.state_dict())  # strict: the recipe rebuilds exactly the pruned model
     split = "test" if trainer.data.test is not None else "val"
     after_prune = floats(trainer.evaluate(split))
-    child = create_child(parent, tuned, out, f"channels{round(s['channels'] * 100)}", "prune", s)
+    child = create_child(parent, tuned, out, f"{what}{round(amount * 100)}", "prune", s)
     trainer.run = child
     if tune:
         trainer.finish_after_fit = False  # evaluated and billed below, with the derived run's note
@@ -135,8 +172,9 @@ def prune_channels(run_dir: str | Path, channels: float = 0.5, epochs: int = 2, 
                       "bytes": fp32_bytes(m, child.checkpoints), **cost[name]}
                for name, m in (("parent", parent_model), ("pruned", copy.deepcopy(small_model)))}
     report = {
-        "structured": "channels", "channels": s["channels"], "importance": "group L2 norm (Torch-Pruning)",
-        "widths": {"parent": hidden_widths(parent_model, recipe.model.name), "pruned": widths},
+        "structured": what, what: amount,
+        "importance": "group L2 norm (Torch-Pruning)" if what == "channels" else "L2 norm of each head's weights",
+        "widths": {"parent": _widths(what, parent_model, recipe.model.name), "pruned": widths},
         "figures": figures, "slower": slower(cost, "parent", "pruned"),
         "latency_setup": {"batches": [1, 64], "warmup": warmup, "repeats": repeats, "statistic": "median",
                           "threads": threads, "device": "cpu", "interleaved_blocks": min(10, repeats)},
@@ -171,7 +209,8 @@ def format_report(report: dict) -> str:
                          f"{m['after_prune'][split].get(k, float('nan')):.4f} before fine-tuning"))
     lines = [f"{'':<24} {'parent':>28} {'pruned':>28}"] + [f"{a:<24} {b:>28} {c:>28}  {d}" for a, b, c, d in rows]
     s = report["latency_setup"]
-    lines.append(f"{report['channels']:.0%} of each hidden layer's channels removed; {report['finetune_steps']} "
+    what = report.get("structured", "channels")
+    lines.append(f"{report[what]:.0%} of each layer's {what} removed; {report['finetune_steps']} "
                  f"fine-tuning steps; latency: median of {s['repeats']} passes after {s['warmup']} warm-up, "
                  f"{s['threads']} thread(s), CPU")
     if report["slower"]:
