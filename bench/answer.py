@@ -85,8 +85,9 @@ def scale(root: Path) -> None:
     ok = bt["max_abs_error"] <= 0.05
     p = format_plan(plan(flops=1e15, from_fit=fit["path"], device="cpu"))
     body = [f"{_where()}. `python bench/answer.py scale` = `powertrain scale gpt-stdlib {' '.join(GPT)} --sizes "
-            f"{','.join(map(str, SIZES))} --budgets {','.join(f'{b:g}' for b in BUDGETS)}` ({wall / 60:.1f} min "
-            f"with the fit; runs already in --root are reused).", "",
+            f"{','.join(map(str, SIZES))} --budgets {','.join(f'{b:g}' for b in BUDGETS)}`: the 12 runs trained for "
+            f"{fit['calibration']['seconds'] / 60:.1f} min in all (sum of their fit times; this call took {wall / 60:.1f} "
+            f"min, reusing the runs already in --root).", "",
             f"Back-test: fitted on widths {', '.join(map(str, SIZES[:-1]))}, the largest ({SIZES[-1]}) predicted "
             f"within **{bt['max_abs_error']:.1%}** at worst (bar 5%: {'met' if ok else 'NOT met'}).", "",
             "![scaling fit](img/scaling-fit.png)", "", "```", text, "```", "",

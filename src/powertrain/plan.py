@@ -69,6 +69,10 @@ def plan(params: Optional[float] = None, tokens: Optional[float] = None, device:
         if params is None:
             notes.append("N and D are the compute-optimal split of the FLOP budget under the fitted law")
         params, tokens = pred["params"], pred["tokens"]
+        reach = pred["flops"] / max(p["flops"] for p in fit["points"])
+        if reach > 3:
+            notes.append(f"the run is {reach:,.0f}x the FLOPs of the largest fitted run: the loss is an extrapolation far "
+                         f"beyond what the back-test checked")
     if params is None and flops is None:
         raise RecipeError("plan: give --params N (with --tokens D) or a --flops budget")
     if params is None:
@@ -111,7 +115,8 @@ def plan(params: Optional[float] = None, tokens: Optional[float] = None, device:
         raise RecipeError(f"--mfu: {mfu_v} is outside (0, 1]; MFU is a fraction of the peak")
     time_s = total / (count * peak.flops_per_s * mfu_v)
     if cal:
-        energy_j, energy_src = total * cal["j_per_flop"], f"J/FLOP measured in {cal['run']} ({cal['energy_method']})"
+        energy_j, energy_src = total * cal["j_per_flop"], (f"J/FLOP of {cal['run']} (their energy: "
+                                                           f"{cal['energy_method']})")
     elif cpu_power is not None:
         energy_j = count * cpu_power[0] * time_s
         energy_src = f"estimated: {count} x {cpu_power[0]:g} W = {cpu_power[1]} for the whole run"
@@ -196,7 +201,8 @@ def format_plan(p: dict) -> str:
                      f"{loss['backtest_max_abs_error']:.1%}")
     if p["cost"] is not None:
         lines.append(f"  electricity cost {_money(p['cost'])} {p['carbon']['currency']}")
-    lines.append(f"  compute-optimal  for the same FLOPs: {opt['params']:.3g} parameters on {opt['tokens']:.3g} tokens "
+    lines.append(f"  {'Chinchilla rule' if loss else 'compute-optimal '} for the same FLOPs: {opt['params']:.3g} parameters on "
+                 f"{opt['tokens']:.3g} tokens "
                  f"({opt['source']})")
     lines += [f"  note: {n}" for n in p["notes"]]
     return "\n".join(lines)

@@ -124,6 +124,9 @@ def format_fit(fit: dict) -> str:
     for name in ("E", "A", "B", "alpha", "beta"):
         iv = unc.get(name)
         lines.append(f"  {name:6} {c[name]:10.4g}   90% interval {'-' if not iv else f'{iv[0]:.4g} .. {iv[1]:.4g}'}")
+    if c["E"] < 0.01:
+        lines.append("  note: E sits at the floor of the search (e^-5): these runs do not pin down the irreducible loss, "
+                     "so predictions far beyond them are unreliable")
     lines.append(f"  k = {fit['k_flops_per_param_token']:.3g} training FLOPs per parameter per token (measured)")
     lines.append(f"back-test: fit without the largest size ({bt['held_out_params']:,.0f} parameters), predict it:")
     for p in bt["points"]:
