@@ -442,7 +442,7 @@ EXAMPLES = {  # one per command, shown by `powertrain COMMAND --help`
     "report": "powertrain report runs/digits runs/digits-int8 --out compare.html",
     "runs": "powertrain runs runs/",
     "predict": "powertrain predict runs/digits samples.npy --out predictions.csv",
-    "prune": "powertrain prune runs/digits --sparsity 0.5 --out runs/digits-pruned",
+    "prune": "powertrain prune runs/digits --channels 0.5 --out runs/digits-pruned",
     "quantize": "powertrain quantize runs/digits --mode static --out runs/digits-int8",
     "export": "powertrain export runs/digits --format onnx --out digits.onnx",
     "peak": "powertrain peak --dtype bf16 --refresh",

@@ -73,6 +73,8 @@ def _parent_info(path: Path) -> Optional[dict]:
 
 def _method_label(derived: dict) -> str:
     s = derived.get("settings", {})
+    if derived.get("method") == "prune" and s.get("structured") in ("channels", "heads"):
+        return f"prune {s[s['structured']]:.0%} {s['structured']}"
     if derived.get("method") == "prune" and "sparsity" in s:
         return f"prune {s['sparsity']:.0%}"
     if derived.get("method") == "quantize" and "mode" in s:
