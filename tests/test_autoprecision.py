@@ -44,8 +44,8 @@ def test_probe_decides_by_the_measured_ratio(fp32_s, bf16_s, expected):
     assert f"{fp32_s / bf16_s:.2f}x" in note
 
 
-def test_probe_keeps_the_best_of_each_and_fills_its_budget():
-    # load slows the first fp32 step by 5 s and the 4th bf16 step by 1 s: the fastest of each counts;
+def test_probe_takes_the_median_of_each_and_fills_its_budget():
+    # load slows the first fp32 step by 5 s and the 4th bf16 step by 1 s: the medians ignore both;
     # pairs go on past the 3 at least until 6.5 s are spent: 0.15 s a pair + 6 s of spikes, after the 4th pair
     step, clock, calls = fake_steps(0.1, 0.05, spikes=[5.0, 0, 0, 0, 0, 0, 0, 1.0])
     speedup = autoprecision.probe_speedup(step, clock=clock, budget_s=6.5, min_pairs=3)
