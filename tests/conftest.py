@@ -2,11 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-# OpenMP threads that sleep when idle instead of spinning: with pytest, its subprocesses and other jobs
-# on 2 cores, spinning threads made tiny models' steps up to 50x slower (must be set before torch loads)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import torch  # noqa: E402
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / "build" / "inductor"))
