@@ -283,7 +283,7 @@ def write_table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=1200, help="optimizer steps per run (40 per epoch of MNIST-1D)")
+    p.add_argument("--steps", type=int, default=1080, help="optimizer steps per run (36 per epoch of MNIST-1D: 30 epochs)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-write", action="store_true", help="print the table only")
     args = p.parse_args()

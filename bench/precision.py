@@ -54,17 +54,25 @@ def train(name: str, overrides: list[str], precision: str, out: Path) -> dict:
             "metric": metric, "value": value}
 
 
-def probe(name: str) -> str:
-    """What `auto` picks for the whole recipe here (its probe, without the short-run shortcut)."""
+def probe(name: str) -> tuple[str, float]:
+    """What `auto` picks for the whole recipe here (its probe, without the short-run shortcut), and a
+    longer probe's speedup (3 s of alternating steps, median of each) on the same copy and batch."""
     recipe = powertrain.load_recipe(name, ["train.compile=false"])
     bundle = data.build(recipe.data.model_dump(), seed=recipe.run.seed)
     torch.manual_seed(recipe.run.seed)
     trainer = Trainer(models.build(recipe.model.model_dump(), bundle.meta), bundle, recipe.train, callbacks=[], meter=False)
-    short, autoprecision.SHORT_RUN_S = autoprecision.SHORT_RUN_S, 0.0
+    real, steps = autoprecision.probe_speedup, []
+
+    def keep(step, **kw):
+        steps.append(step)
+        return real(step, **kw)
+
+    short, autoprecision.SHORT_RUN_S, autoprecision.probe_speedup = autoprecision.SHORT_RUN_S, 0.0, keep
     try:
-        return trainer._decide_precision()[1]
+        note = trainer._decide_precision()[1]
     finally:
-        autoprecision.SHORT_RUN_S = short
+        autoprecision.SHORT_RUN_S, autoprecision.probe_speedup = short, real
+    return note, real(steps[0], budget_s=3.0, max_pairs=1000) if steps else float("nan")
 
 
 def bench(names: list[str], steps: int | None, tmp: Path) -> list[dict]:
@@ -74,21 +82,22 @@ def bench(names: list[str], steps: int | None, tmp: Path) -> list[dict]:
         t0 = time.perf_counter()
         fp32 = train(name, overrides, "fp32", tmp / f"{name}-fp32")
         bf16 = train(name, overrides, "bf16", tmp / f"{name}-bf16")
+        note, step_speedup = probe(name)
         rows.append({"recipe": name, "overrides": " ".join(overrides) or "(whole recipe)", "fp32": fp32, "bf16": bf16,
-                     "speedup": bf16["steps_s"] / fp32["steps_s"], "probe": probe(name),
+                     "speedup": bf16["steps_s"] / fp32["steps_s"], "step_speedup": step_speedup, "probe": note,
                      "wall_s": time.perf_counter() - t0})
-        print(f"{name}: {rows[-1]['speedup']:.2f}x, {fp32['metric']} {fp32['value']:.4f} -> {bf16['value']:.4f}, "
-              f"probe: {rows[-1]['probe']} ({rows[-1]['wall_s']:.0f} s)", flush=True)
+        print(f"{name}: runs {rows[-1]['speedup']:.2f}x, steps {step_speedup:.2f}x, {fp32['metric']} {fp32['value']:.4f} "
+              f"-> {bf16['value']:.4f}, probe: {note} ({rows[-1]['wall_s']:.0f} s)", flush=True)
     return rows
 
 
 def write_table(rows: list[dict]) -> str:
-    lines = ["| recipe | run | fp32 steps/s | bf16 steps/s | bf16 speedup | test metric | fp32 | bf16 | auto's probe picks |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | run | fp32 steps/s | bf16 steps/s | bf16 speedup (runs) | bf16 speedup (steps, 3 s) | test metric "
+             "| fp32 | bf16 | auto's probe (1 s) picks |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a, b = r["fp32"], r["bf16"]
         lines.append(f"| {r['recipe']} | {a['steps']} steps: {r['overrides']} | {a['steps_s']:.1f} | {b['steps_s']:.1f} | "
-                     f"{r['speedup']:.2f}x | {a['metric']} | {a['value']:.4f} | {b['value']:.4f} | {r['probe']} |")
+                     f"{r['speedup']:.2f}x | {r['step_speedup']:.2f}x | {a['metric']} | {a['value']:.4f} | {b['value']:.4f} | {r['probe']} |")
     return "\n".join(lines)
 
 
@@ -107,10 +116,13 @@ def main() -> None:
                       f"CPU: {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}, torch "
                       f"{torch.__version__}, {time.strftime('%Y-%m-%d')}. Each recipe trained twice (one run each, "
                       f"fp32 then bf16 autocast), same seed, steps and schedule; steps/s from the bill's training "
-                      f"throughput (evaluation and checkpoints excluded). The last column is the probe that "
+                      f"throughput (evaluation and checkpoints excluded): one run each on a shared machine, so a burst "
+                      f"of load on one run moves this ratio. 'steps, 3 s' alternates fp32 and bf16 forward+backward "
+                      f"steps on one batch for 3 s and compares the medians (load falls on both alike). The last "
+                      f"column is the probe that "
                       f"`train.precision: auto` runs at the start of the whole recipe (bf16 only if >= "
                       f"{autoprecision.SPEEDUP_BAR:.2f}x; a run expected under {autoprecision.SHORT_RUN_S:.0f} s "
-                      f"keeps fp32 without probing). One run each on a shared machine: speeds within ~10% are noise.\n"
+                      f"keeps fp32 without probing).\n"
                       f"Command: `python bench/precision.py`\n\n{table}")
 
 

@@ -54,7 +54,7 @@ def test_precision_tiny_run_prints_both_precisions_and_the_probe():
                        cwd=BENCH, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     (name, row), = rows(p.stdout).items()
-    run, fp32_s, bf16_s, speedup, metric, fp32, bf16, probe = row
+    run, fp32_s, bf16_s, speedup, step_speedup, metric, fp32, bf16, probe = row
     assert name == "digits-mlp" and run.startswith("5 steps") and metric == "accuracy"
-    assert float(fp32_s) > 0 and float(bf16_s) > 0 and 0 <= float(fp32) <= 1 and 0 <= float(bf16) <= 1
+    assert float(fp32_s) > 0 and float(bf16_s) > 0 and float(step_speedup.rstrip("x")) > 0 and 0 <= float(fp32) <= 1 and 0 <= float(bf16) <= 1
     assert probe.startswith(("bf16 (auto: probe", "fp32 (auto: bf16 probe not measurably faster", "fp32 (auto: this CPU has no"))
