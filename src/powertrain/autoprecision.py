@@ -137,13 +137,13 @@ class AutoPrecision:
             model.zero_grad(set_to_none=True)
 
         with torch.random.fork_rng(devices=[]):
-            step(False)
-            step(True)  # warm-up: first-call allocation and oneDNN's kernel choice
+            step(False)  # warm-up: first-call allocation
             t0 = clock()
             step(False)
             expected_s = (clock() - t0) * self.total_steps * self.cfg.accumulate
-            if expected_s < SHORT_RUN_S:
+            if expected_s < SHORT_RUN_S:  # decided before bf16 runs at all (its first call picks oneDNN kernels: ~1 s)
                 return "fp32", f"fp32 (auto: a short run, ~{expected_s:.1f} s in fp32; not worth a bf16 probe)"
+            step(True)  # bf16's warm-up
             return decide(probe_speedup(step))
 
 
