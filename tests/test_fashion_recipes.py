@@ -60,6 +60,7 @@ def fashion_dir(tmp_path):
 
 @pytest.mark.parametrize("recipe,overrides,params", [
     ("fashion-convnet", ["train.max_steps=3"], 421_642),
+    ("fashion-speedrun", ["train.max_steps=3", "train.batch_size=16"], 390_858),
     # the GPU recipe's CPU smoke run (`train.max_steps=20 data.train_limit=2000` on the real data), smaller
     ("fashion-resnet", ["train.max_steps=2", "train.batch_size=16", "data.train_limit=32"], 696_042),
 ])

@@ -29,6 +29,7 @@ ELSEWHERE = {  # recipe -> the test file that trains it on generated files
     "diabetes-linear": "test_linear_regression.py",
     "fashion-convnet": "test_fashion_recipes.py",
     "fashion-resnet": "test_fashion_recipes.py",
+    "fashion-speedrun": "test_fashion_recipes.py",
     "fashion-autoencoder": "test_image_recipes.py",
     "fashion-vae": "test_image_recipes.py",
     "cifar10-cnn": "test_image_recipes.py",
