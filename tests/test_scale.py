@@ -54,12 +54,16 @@ def test_backtest_holds_out_the_largest_size():
 def test_bootstrap_interval_covers_the_fit_on_noisy_data():
     fit = analyse(_points(0.01), {"mfu": 0.1, "j_per_flop": 1e-9, "energy_method": "e", "device": "cpu", "runs": 12,
                                   "seconds": 1}, draws=40)
-    lo, hi = fit["interval_90"]["E"]
-    assert lo <= hi and len(fit["bootstrap"]) >= 30
+    for name, (lo, hi) in fit["interval_90"].items():
+        assert lo <= fit["constants"][name] <= hi and lo <= TRUE[name] <= hi, name
+    assert len(fit["bootstrap"]) >= 30
 
 
 def test_plan_from_fit_follows_from_the_fit(tmp_path):
-    cal = {"mfu": 0.25, "j_per_flop": 2e-9, "energy_method": "estimated: test", "device": "cpu", "runs": 12, "seconds": 1}
+    from powertrain.measure import lookup_peak
+
+    cal = {"mfu": 0.25, "j_per_flop": 2e-9, "energy_method": "estimated: test", "device": lookup_peak("h100", "bf16").device,
+           "runs": 12, "seconds": 1}
     fit = analyse(_points(), cal, draws=20)
     path = tmp_path / "fit.json"
     path.write_text(json.dumps(fit))

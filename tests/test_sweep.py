@@ -174,3 +174,28 @@ def test_missing_optuna_names_the_extra(tmp_path, monkeypatch):
 def test_resume_of_a_folder_that_is_no_sweep(tmp_path):
     r = _cli("sweep", "--resume", str(tmp_path))
     assert r.returncode != 0 and "not a sweep directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def _ask_and_tell(sw: Sweep) -> tuple:
+    from powertrain.sweep import _suggest
+
+    t, sh = sw._next_trial()
+    own = tuple(_suggest(sw.dims, t))
+    sw.studies()[0].tell(t, [0.5, 1.0])
+    sw.studies()[1].tell(sh, 0.5)
+    return own
+
+
+def test_a_resumed_sweep_does_not_repeat_the_first_settings(tmp_path):
+    sweep = _sweep(tmp_path, trials=6)
+    first = {_ask_and_tell(sweep) for _ in range(3)}
+    again = Sweep(sweep.path)  # what powertrain sweep --resume opens, in a new process
+    assert not first & {_ask_and_tell(again) for _ in range(3)}
+
+
+def test_two_sweeps_of_one_recipe_share_a_database_without_sharing_a_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    a = Sweep.create("digits-mlp", SPACE, out=tmp_path / "a", trials=1, storage=url)
+    _ask_and_tell(a)
+    b = Sweep.create("digits-mlp", SPACE, out=tmp_path / "b", trials=1, storage=url)
+    assert b._next_trial() is not None and len(b.studies()[0].get_trials()) == 1

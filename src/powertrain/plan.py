@@ -11,6 +11,7 @@ MFU and J/FLOP come from a measured run directory's bill.
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional
 
 from .errors import RecipeError
@@ -50,6 +51,11 @@ def _fit_calibration(fit: dict, path) -> dict:
             "device": cal["device"], "run": f"the {cal['runs']} runs of {path}"}
 
 
+def _chip(device: str) -> str:
+    """'cpu: AMD EPYC (2 threads)' -> 'cpu: AMD EPYC': a CPU's J/FLOP does not depend on its thread count."""
+    return re.sub(r" \(\d+ threads?\)$", "", device)
+
+
 def plan(params: Optional[float] = None, tokens: Optional[float] = None, device: str = "h100", count: int = 1,
          dtype: Optional[str] = None, mfu: Optional[float] = None, from_run: Optional[str] = None,
          region: Optional[str] = None, pue: Optional[float] = None, price_per_kwh: Optional[float] = None,
@@ -57,6 +63,9 @@ def plan(params: Optional[float] = None, tokens: Optional[float] = None, device:
     """Predict FLOPs, time, energy, CO2e and cost of training N params on D tokens on count devices.
     With `from_fit` (a fit.json of `powertrain scale`): also the loss, N and D from the fitted law, and
     the MFU and J/FLOP measured in the fit's runs."""
+    for flag, v in (("--params", params), ("--tokens", tokens), ("--flops", flops)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise RecipeError(f"plan: {flag} {v:g}: expected a positive number, e.g. --flops 1e21 or --params 7e9")
     notes = []
     fit = pred = None
     if from_fit:
@@ -104,9 +113,6 @@ def plan(params: Optional[float] = None, tokens: Optional[float] = None, device:
     cal = _calibration(from_run) if from_run else _fit_calibration(fit, from_fit) if fit else None
     if cal and mfu is None:
         mfu_v, mfu_src = cal["mfu"], f"measured in {cal['run']} on {cal['device']}"
-        if cal["device"] != peak.device:
-            notes.append(f"MFU and J/FLOP were measured on {cal['device']}, not on {peak.device}: they transfer "
-                         f"between devices only roughly")
     elif mfu is not None:
         mfu_v, mfu_src = mfu, "given"
     else:
@@ -114,6 +120,10 @@ def plan(params: Optional[float] = None, tokens: Optional[float] = None, device:
     if not 0 < mfu_v <= 1:
         raise RecipeError(f"--mfu: {mfu_v} is outside (0, 1]; MFU is a fraction of the peak")
     time_s = total / (count * peak.flops_per_s * mfu_v)
+    if cal and _chip(cal["device"]) != _chip(peak.device):  # J/FLOP is a property of the chip it was measured on
+        notes.append(f"MFU and J/FLOP were measured on {cal['device']}, not on {peak.device}: the MFU transfers between "
+                     f"devices only roughly, the J/FLOP not at all (J/FLOP was measured on another device: not used)")
+        cal = None
     if cal:
         energy_j, energy_src = total * cal["j_per_flop"], (f"J/FLOP of {cal['run']} (their energy: "
                                                            f"{cal['energy_method']})")

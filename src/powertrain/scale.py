@@ -73,10 +73,15 @@ def train_family(recipe: str, sizes: list, budgets: list[float], size_key: Optio
         shape = _shape(base, key, size, say)
         for c in budgets:
             steps = max(1, round(c / shape["step_flops"]))
-            run = out / "runs" / f"n{json.dumps(size).replace(' ', '')}-c{c:.0e}"
+            label = f"{c:.0e}" if float(f"{c:.0e}") == c else f"{c:.6g}"  # 1.5e12 is not 2e+12
+            run = out / "runs" / f"n{json.dumps(size).replace(' ', '')}-c{label}"
             warm = min(shape["recipe"].train.warmup_steps or 0, steps // 10)
             ovr = [override(key, size), f"train.max_steps={steps}", f"train.eval_every_steps={steps}",
                    f"train.warmup_steps={warm}", f"train.checkpoint_every_steps={max(1, steps // 4)}"]
+            if (run / "recipe.yaml").is_file() and (load_recipe(str(run / "recipe.yaml")).to_dict()
+                                                    != load_recipe(base, ovr).to_dict()):
+                raise RecipeError(f"scale: {run} was trained from another recipe than this command asks for "
+                                  f"(other overrides or recipe); pass another --out")
             if not (run / "eval.json").is_file():
                 say(f"{key}={json.dumps(size)}: {shape['params']:,} parameters, budget {c:.2g} FLOPs = {steps} steps "
                     f"({steps * shape['tokens_per_step']:.3g} tokens) -> {run}")

@@ -157,7 +157,11 @@ def predict(fit: dict, params: Optional[float] = None, tokens: Optional[float] =
 
 def load_fit(path: str | Path) -> dict:
     p = Path(path)
-    fit = read_json(p if p.suffix == ".json" else p / "fit.json")
-    if "constants" not in fit or "k_flops_per_param_token" not in fit:
+    f = p if p.suffix == ".json" else p / "fit.json"
+    if not f.is_file():
+        raise RecipeError(f"--from-fit {path}: no file {f}; make one with powertrain scale RECIPE --sizes ... --budgets ...")
+    fit = read_json(f)
+    if (not {"E", "A", "B", "alpha", "beta"} <= set(fit.get("constants") or {}) or "k_flops_per_param_token" not in fit
+            or "calibration" not in fit or "backtest" not in fit):
         raise RecipeError(f"--from-fit {path}: not a fit.json written by powertrain scale")
     return fit

@@ -10,6 +10,7 @@ Every key is checked against the recipe schema, at its extreme values, before an
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,17 @@ def override(key: str, value) -> str:
     return f"{key}={json.dumps(value) if not isinstance(value, float) else repr(value)}"
 
 
+def _number(v):
+    """'1e-4' -> 0.0001: PyYAML leaves a float without a dot as a string; anything else unchanged."""
+    if isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            return v
+        return f if math.isfinite(f) else v
+    return v
+
+
 def _dim(where: str, key: str, spec) -> Dim:
     if isinstance(spec, list):
         if not spec:
@@ -64,6 +76,8 @@ def _dim(where: str, key: str, spec) -> Dim:
     kind = next(k for k in KINDS if k in spec)
     extra = set(spec) - {kind, "log"} if kind == "int" else set(spec) - {kind}
     bounds = spec[kind]
+    if isinstance(bounds, list):  # YAML 1.1 reads 1e-4 (no dot) as text
+        bounds = [_number(b) for b in bounds]
     if extra:
         raise RecipeError(f"{where}: {key}: unknown field(s) {sorted(extra)} beside '{kind}'")
     if (not isinstance(bounds, list) or len(bounds) != 2

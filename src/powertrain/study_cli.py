@@ -23,7 +23,8 @@ def cmd_sweep(args) -> int:
     from .sweep import Sweep, run_sweep
     from .sweep_report import format_summary, summarize
 
-    out = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON alone
+    out = sys.stderr if args.json or args.worker else sys.stdout  # with --json, stdout holds the JSON alone
+    # (a --worker's stdout is its parent's: its trial lines go to stderr)
     say = (lambda *a: None) if args.quiet else (lambda line: print(line, file=out, flush=True))
     if args.resume:
         if args.recipe or args.space:
@@ -34,7 +35,8 @@ def cmd_sweep(args) -> int:
             sweep.work(say)
             return 0
         if args.summary:
-            print(format_summary(summarize(sweep)))
+            summary = summarize(sweep)
+            print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
             return 0
     else:
         if not args.recipe or not args.space:

@@ -26,7 +26,11 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
+import warnings
+import zlib
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -155,7 +159,8 @@ class Sweep:
         write_json(path / "sweep.json", {
             "recipe": str(recipe), "overrides": list(overrides), "base": base, "space": space,
             "objectives": objs, "target": list(tgt) if tgt else None, "split": split, "trials": trials,
-            "storage": storage, "study": f"powertrain-{name}", "seed": seed, "pruner": pruner, "baseline": baseline})
+            "storage": storage, "study": f"powertrain-{name}-{uuid.uuid4().hex[:8]}",  # unique in a shared database
+            "seed": seed, "pruner": pruner, "baseline": baseline})
         return cls(path)
 
     # -- the study ---------------------------------------------------------------------------------
@@ -165,10 +170,14 @@ class Sweep:
             optuna = _optuna()
             cfg = self.cfg
             storage = self._storage(optuna)
-            seed = cfg["seed"] + (os.getpid() if self.worker else 0)
-            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, cfg["trials"]))
-            study = optuna.create_study(study_name=cfg["study"], storage=storage, load_if_exists=True, sampler=sampler,
+            study = optuna.create_study(study_name=cfg["study"], storage=storage, load_if_exists=True,
                                         directions=[d for _, d in self.objectives])
+            # the sweep's seed for the first process only: a resumed or joining one reseeded alike would
+            # draw the same random start-up settings as the trials already in the study
+            n = len(study.get_trials(deepcopy=False))
+            seed = (cfg["seed"] if n == 0 and not self.worker
+                    else zlib.crc32(f"{cfg['seed']}-{n}-{HOST}-{os.getpid()}".encode()))
+            study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, cfg["trials"]))
             pruner = (optuna.pruners.MedianPruner(n_startup_trials=4, n_min_trials=3) if cfg["pruner"] == "median"
                       else optuna.pruners.NopPruner())
             twin = optuna.create_study(study_name=cfg["study"] + "-pruning", storage=storage, load_if_exists=True,
@@ -184,8 +193,9 @@ class Sweep:
             f = str(self.path / "journal.log")
             return JournalStorage(JournalFileBackend(f, lock_obj=JournalFileOpenLock(f)))
         if url.startswith(("postgresql", "mysql", "sqlite")):  # another machine's dead worker: Optuna's heartbeat
-            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
-                                              failed_trial_callback=optuna.storages.RetryFailedTrialCallback())
+            with warnings.catch_warnings():  # heartbeat_interval is "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
         return url
 
     def _constrain(self, trial, m: dict) -> None:
@@ -205,9 +215,15 @@ class Sweep:
     def _reclaim(self, study, twin) -> None:
         """Trials RUNNING for a worker of this host that no longer lives: FAIL, and enqueue them again."""
         optuna = _optuna()
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        # a database's heartbeat (run_trial beats) finds dead workers of any machine; a PID those of this one
+        stale = set(study._storage._get_stale_trial_ids(study._study_id)) if is_heartbeat_enabled(study._storage) else set()
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
-            if host != HOST or pid is None or _alive(pid):
+            unnamed = pid is None and t.datetime_start is not None and (datetime.now() - t.datetime_start).total_seconds() > 60
+            # (a worker names itself right after ask: one that did not within a minute died in between)
+            if t._trial_id not in stale and not unnamed and (host != HOST or pid is None or _alive(pid)):
                 continue
             optuna.trial.Trial(study, t._trial_id).set_user_attr("lost", f"worker {pid} on {host} died")
             study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
@@ -227,19 +243,24 @@ class Sweep:
             if sum(t.state == S.FAIL and "lost" not in t.user_attrs for t in trials) >= self.cfg["trials"]:
                 raise PowertrainError(f"sweep {self.path}: {self.cfg['trials']} trials failed; see their errors in "
                                       f"powertrain sweep --resume {self.path} --summary")
-            trial = study.ask()
-            trial.set_user_attr("host", HOST)
-            trial.set_user_attr("pid", os.getpid())
-            shadow = twin.ask()
-            trial.set_user_attr("twin", shadow.number)
+            with warnings.catch_warnings():  # "Heartbeat ... used with Study.optimize": work() beats itself
+                warnings.simplefilter("ignore", UserWarning)
+                trial = study.ask()
+                trial.set_user_attr("host", HOST)
+                trial.set_user_attr("pid", os.getpid())
+                shadow = twin.ask()
+                trial.set_user_attr("twin", shadow.number)
         return trial, shadow
 
     # -- running trials ------------------------------------------------------------------------------
     def work(self, say=print) -> int:
         """Run trials until the study has enough; returns how many this worker ran."""
+        from optuna.storages._heartbeat import get_heartbeat_thread
+
         n = 0
         while (got := self._next_trial()) is not None:
-            self.run_trial(*got, say=say)
+            with get_heartbeat_thread(got[0]._trial_id, self.studies()[0]._storage):  # a database's heartbeat
+                self.run_trial(*got, say=say)
             n += 1
         return n
 
@@ -281,6 +302,12 @@ class Sweep:
             trial.set_user_attr("error", f"no finite value for every objective: {dict(zip([n for n, _ in self.objectives], values))}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             twin.tell(shadow, state=optuna.trial.TrialState.FAIL)
+            have = m.get(self.cfg["split"]) or {}
+            missing = [n for n, _ in self.objectives if n not in COSTS and n not in have]
+            if have and missing:  # a name eval.json never has: every trial would fail the same way
+                raise RecipeError(f"--objectives {missing[0]}: not a metric in eval.json's {self.cfg['split']} "
+                                  f"(it has {', '.join(sorted(k for k, v in have.items() if isinstance(v, (int, float))))}); "
+                                  f"start a new sweep naming one of them")
         else:
             study.tell(trial, values)
             twin.tell(shadow, metric)

@@ -75,8 +75,8 @@ def summarize(sweep: Sweep, png: bool = True) -> dict:
 def choose(sweep: Sweep, rows: list[dict]) -> Optional[dict]:
     """Among the COMPLETE trials that reach the target, the one with the lowest first cost objective."""
     target, split = sweep.cfg["target"], sweep.cfg["split"]
-    costs = [n for n, _ in sweep.objectives if n in COSTS]
-    if not target or not costs:
+    costs = [n for n, _ in sweep.objectives if n in COSTS] or ["energy_j"]  # no cost objective: the bill's energy
+    if not target:
         return None
     name, op, bound = target
     ok = [r for r in rows if r["state"] == "COMPLETE" and (v := value_of(r["measured"], name, split)) is not None
