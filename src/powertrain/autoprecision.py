@@ -116,13 +116,7 @@ class AutoPrecision:
             return "fp32", "fp32 (auto: this CPU has no native bf16, so bf16 would be emulated)"
         if self.dist.strategy == "fsdp" or type(self).train_step.__qualname__ != "Trainer.train_step":
             return "fp32", f"fp32 (auto: not probed for {type(self).__name__} under {self.dist.strategy})"
-        if self.meter:
-            self.meter.begin("precision_probe")
-        try:
-            return self._run_probe()
-        finally:
-            if self.meter:
-                self.meter.end("precision_probe")
+        return self._run_probe()
 
     def _run_probe(self) -> tuple[str, str]:
         model = copy.deepcopy(self.model).train()  # the run's model, weights, buffers and RNG untouched
@@ -143,8 +137,14 @@ class AutoPrecision:
             expected_s = (clock() - t0) * self.total_steps * self.cfg.accumulate
             if expected_s < SHORT_RUN_S:  # decided before bf16 runs at all (its first call picks oneDNN kernels: ~1 s)
                 return "fp32", f"fp32 (auto: a short run, ~{expected_s:.1f} s in fp32; not worth a bf16 probe)"
-            step(True)  # bf16's warm-up
-            return decide(probe_speedup(step))
+            if self.meter:  # inside fit (billed there) and apart from the steps' throughput; not opened for a
+                self.meter.begin("precision_probe")  # short run: a window reads the counters (in a job, rank 0's only)
+            try:
+                step(True)  # bf16's warm-up
+                return decide(probe_speedup(step))
+            finally:
+                if self.meter:
+                    self.meter.end("precision_probe")
 
 
 __all__ = ["AutoPrecision", "probe_speedup", "decide", "SPEEDUP_BAR", "SHORT_RUN_S"]
