@@ -110,3 +110,10 @@ def test_scale_refuses_bad_sizes_and_budgets():
     with pytest.raises(RecipeError, match="--budgets"):
         parse_budgets("1e12")
     assert parse_sizes("[[16],[32],[64]]") == [[16], [32], [64]]
+
+
+def test_scale_sizes_of_the_wrong_form_name_the_flag(tmp_path):
+    from powertrain.scale import train_family
+
+    with pytest.raises(RecipeError, match=r"--sizes: model.conv=8 is not a valid value.*\[\[8,16\]"):
+        train_family("mnist1d-cnn", [8, 16, 32], [1e9, 2e9], out=tmp_path / "sc", say=lambda *a: None)

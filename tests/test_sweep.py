@@ -62,6 +62,8 @@ def test_objectives_and_target_are_checked(tmp_path):
         _sweep(tmp_path, objectives=["accuracy"])
     with pytest.raises(RecipeError, match="not one of the objectives"):
         _sweep(tmp_path, target="f1>=0.5")
+    with pytest.raises(RecipeError, match="a bar on a metric"):
+        _sweep(tmp_path, target="energy_j<=5")
 
 
 def _independent(sweep: Sweep):

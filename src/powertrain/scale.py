@@ -42,7 +42,11 @@ def _shape(base: dict, key: str, size, say) -> dict:
     from . import api
     from .recipe import load_recipe
 
-    recipe = load_recipe(base, [override(key, size)])
+    try:
+        recipe = load_recipe(base, [override(key, size)])
+    except RecipeError as e:
+        raise RecipeError(f"--sizes: {key}={json.dumps(size)} is not a valid value ({e}); list sizes of the key's own "
+                          f"form, e.g. --sizes '[[8,16],[16,32],[32,64]]' for a list") from None
     trainer = api.build_trainer(recipe, None, callbacks=[], writes=False)
     rec = trainer.bill_record()
     meta = trainer.data.meta

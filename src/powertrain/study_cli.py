@@ -49,10 +49,10 @@ def cmd_sweep(args) -> int:
         say(f"sweep {sweep.path}: {sweep.cfg['trials']} trials of {recipe} over {', '.join(d.key for d in sweep.dims)}")
     try:
         summary = run_sweep(sweep, workers=_int(args.workers, "--workers"), say=say)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"\nsweep interrupted; finished trials are kept. continue with: powertrain sweep --resume {sweep.path}",
               file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)  # 143 after SIGTERM (signals.Interrupted)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:

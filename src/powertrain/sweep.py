@@ -145,6 +145,9 @@ class Sweep:
         check_space(dims, base, "--space")
         objs = parse_objectives(list(objectives))
         tgt = parse_target(target)
+        if tgt and tgt[0] in COSTS:
+            raise RecipeError(f"--target {target}: a target is a bar on a metric (e.g. accuracy>=0.94); the costs "
+                              f"({', '.join(COSTS)}) are what the sweep makes small")
         if tgt and tgt[0] not in [n for n, _ in objs]:
             raise RecipeError(f"--target {target}: '{tgt[0]}' is not one of the objectives ({', '.join(n for n, _ in objs)})")
         if trials < 1:
