@@ -4,18 +4,20 @@
 >>> recipe = powertrain.load_recipe("digits-mlp", ["train.epochs=1"])
 >>> recipe.model.name
 'mlp'
-"""
-__version__ = "0.1.0"
 
-from .api import Run, evaluate, resume, train  # noqa: E402
-from .bill import BillRecord, make_bill  # noqa: E402
-from .callbacks import Callback  # noqa: E402
-from .data import DataBundle  # noqa: E402
-from .engine import Trainer  # noqa: E402
-from .measure import Meter  # noqa: E402
-from .recipe import Recipe, TrainConfig, load_recipe  # noqa: E402
-from .rundir import RunDir  # noqa: E402
-from .signals import Interrupted  # noqa: E402
+`powertrain.train` is the function (rung 1); the package of the engine is powertrain/train/, reached
+as `from powertrain.train.engine import Trainer` (docs/architecture.md).
+"""
+from .settings import VERSION as __version__
+from .api import Run, evaluate, load, resume, train
+from .data import DataBundle
+from .measure import Meter
+from .measure.bill import BillRecord, make_bill
+from .recipe import Recipe, TrainConfig, load_recipe
+from .run.rundir import RunDir
+from .train.callbacks import Callback
+from .train.engine import Trainer
+from .train.signals import Interrupted
 
 __all__ = ["BillRecord", "Callback", "DataBundle", "Interrupted", "Meter", "Recipe", "Run", "RunDir", "TrainConfig",
-           "Trainer", "evaluate", "load_recipe", "make_bill", "resume", "train", "__version__"]
+           "Trainer", "evaluate", "load", "load_recipe", "make_bill", "resume", "train", "__version__"]

@@ -24,6 +24,8 @@ from typing import Optional
 
 from .errors import SettingError
 
+VERSION = "0.1.0"  # the package's version (pyproject.toml reads it here; env.json and reports record it)
+
 _warned: set[str] = set()
 
 

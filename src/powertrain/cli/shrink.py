@@ -1,6 +1,6 @@
-"""`powertrain prune | quantize | export`: the commands over powertrain.compress.
+"""`powertrain prune | quantize | export`: the commands over powertrain.shrink.
 
-`add_commands(subparsers)` adds them to the `powertrain` parser (cli.py calls it). Numbers are taken
+`add_commands(subparsers)` adds them to the `powertrain` parser (cli/__init__.py calls it). Numbers are taken
 as text and checked by the library, so that a bad value is a one-line error naming the flag.
 """
 from __future__ import annotations
@@ -8,48 +8,41 @@ from __future__ import annotations
 import json
 
 from ..errors import RecipeError
-
-
-def _number(text, flag: str, kind: type, expected: str):
-    if text is None or not isinstance(text, str):
-        return text
-    try:
-        return kind(text)
-    except ValueError:
-        raise RecipeError(f"{flag}: expected {expected}, got '{text}'") from None
+from .common import number
 
 
 def _print_child(child, format_report) -> None:
-    from ..bill import format_bill, read_bill
-    from .derived import read_derived
+    from ..measure.bill import format_bill
+    from ..run.rundir import RunDir
+    from ..shrink.derived import read_derived
 
     print(format_report(read_derived(child)["report"]))
-    print(format_bill(read_bill(child)))
+    print(format_bill(RunDir(child).read("bill")))
     print(f"derived run written to {child}")
 
 
 def cmd_prune(args) -> int:
-    epochs = _number(args.epochs, "--epochs", int, "a whole number >= 0")
-    lr = _number(args.lr, "--lr", float, "a learning rate > 0")
-    steps = _number(args.steps, "--steps", int, "a whole number >= 1")
+    epochs = number(args.epochs, "--epochs", int, "a whole number >= 0")
+    lr = number(args.lr, "--lr", float, "a learning rate > 0")
+    steps = number(args.steps, "--steps", int, "a whole number >= 1")
     progress = None if args.progress else []
     structured = [flag for flag in ("channels", "heads") if getattr(args, flag) is not None]
     if structured:
         if len(structured) > 1 or args.sparsity is not None or args.rounds is not None:
             raise RecipeError("--channels, --heads (structured) and --sparsity/--rounds (unstructured) are separate "
                               "methods; give one")
-        from . import structured as st
+        from ..shrink import structured as st
 
         what = structured[0]
         fn = st.prune_channels if what == "channels" else st.prune_heads
-        child = fn(args.run_dir, _number(getattr(args, what), f"--{what}", float, "a fraction such as 0.5"),
+        child = fn(args.run_dir, number(getattr(args, what), f"--{what}", float, "a fraction such as 0.5"),
                    epochs=2 if epochs is None else epochs, lr=lr, steps=steps, out=args.out, callbacks=progress)
         _print_child(child, st.format_report)
         return 0
-    from .prune import format_report, prune
+    from ..shrink.prune import format_report, prune
 
-    child = prune(args.run_dir, sparsity=_number(args.sparsity or "0.8", "--sparsity", float, "a fraction such as 0.8"),
-                  rounds=_number(args.rounds or "1", "--rounds", int, "a whole number >= 1"),
+    child = prune(args.run_dir, sparsity=number(args.sparsity or "0.8", "--sparsity", float, "a fraction such as 0.8"),
+                  rounds=number(args.rounds or "1", "--rounds", int, "a whole number >= 1"),
                   epochs=1 if epochs is None else epochs, lr=lr, steps=steps, out=args.out, callbacks=progress)
     _print_child(child, format_report)
     print("unstructured: the zeros are stored densely, so the checkpoint is as large and a forward pass as costly "
@@ -58,20 +51,20 @@ def cmd_prune(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from .quantize import format_report, quantize
+    from ..shrink.quantize import format_report, quantize
 
     child = quantize(args.run_dir, mode=args.mode, out=args.out,
-                     repeats=_number(args.repeats, "--repeats", int, "a whole number >= 1"),
-                     threads=_number(args.threads, "--threads", int, "a whole number >= 1"))
+                     repeats=number(args.repeats, "--repeats", int, "a whole number >= 1"),
+                     threads=number(args.threads, "--threads", int, "a whole number >= 1"))
     _print_child(child, format_report)
     return 0
 
 
 def cmd_export(args) -> int:
-    from .export import export
+    from ..shrink.export import export
 
     result = export(args.run_dir, format=args.format, out=args.out,
-                    samples=_number(args.samples, "--samples", int, "a whole number >= 2"), checkpoint=args.checkpoint)
+                    samples=number(args.samples, "--samples", int, "a whole number >= 2"), checkpoint=args.checkpoint)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -1,11 +1,11 @@
 """`powertrain sweep` and `powertrain scale`: the commands that answer "which model, trained how" and
-"what would the big run cost". cli.py calls `add_commands(subparsers)`."""
+"what would the big run cost". cli/__init__.py calls `add_commands(subparsers)`."""
 from __future__ import annotations
 
 import json
 import sys
 
-from .errors import RecipeError
+from ..errors import RecipeError
 
 
 def _int(text, flag: str, low: int = 1) -> int:
@@ -19,9 +19,9 @@ def _int(text, flag: str, low: int = 1) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .space import load_space
-    from .sweep import Sweep, run_sweep
-    from .sweep_report import format_summary, summarize
+    from ..study.space import load_space
+    from ..study.sweep import Sweep, run_sweep
+    from ..study.summary import format_summary, summarize
 
     out = sys.stderr if args.json or args.worker else sys.stdout  # with --json, stdout holds the JSON alone
     # (a --worker's stdout is its parent's: its trial lines go to stderr)
@@ -61,7 +61,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_scale(args) -> int:
-    from .scale import format_fit, parse_budgets, parse_sizes, scale
+    from ..study.scale import format_fit, parse_budgets, parse_sizes, scale
 
     recipe, *overrides = args.recipe
     fit = scale(recipe, parse_sizes(args.sizes), parse_budgets(args.budgets), size_key=args.size_key, out=args.out,

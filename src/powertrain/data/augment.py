@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..errors import RecipeError
-from ..registry import Options
+from ..recipe.registry import Options
 
 
 class AugmentOptions(Options):

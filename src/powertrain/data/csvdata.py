@@ -25,7 +25,8 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import DataError, closest
-from . import DATASETS, DataMeta, DataOptions, holdout, make_bundle
+from .bundle import DataMeta, DataOptions, holdout, make_bundle
+from .registry import DATASETS
 
 MISSING = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?"]
 INFINITE = {"inf", "infinity"}  # with any sign and case: counted as missing too

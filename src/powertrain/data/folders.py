@@ -12,10 +12,10 @@ from pydantic import Field
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from . import DATASETS, DataBundle, DataMeta, LoaderSplit, holdout
+from .bundle import DataBundle, DataMeta, LoaderSplit, holdout
+from .registry import DATASETS
 from .augment import check_augment
-from .images import (ImageOptions, _is_identity, _take, channel_stats, image_bundle, split_train, subsample,
-                     u8_to_float)
+from .images import ImageOptions, _is_identity, _take, channel_stats, image_bundle, split_train, subsample, u8_to_float
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 

@@ -27,7 +27,8 @@ from pydantic import Field
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from . import DATASETS, DataBundle, DataMeta, DataOptions, LoaderSplit, holdout
+from .bundle import DataBundle, DataMeta, DataOptions, LoaderSplit, holdout
+from .registry import DATASETS
 from .augment import AugmentOptions, check_augment
 
 

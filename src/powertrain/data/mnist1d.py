@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..settings import cache_dir
-from . import DATASETS, DataMeta, DataOptions, holdout, make_bundle
+from .bundle import DataMeta, DataOptions, holdout, make_bundle
+from .registry import DATASETS
 
 
 KEYS = ("x", "y", "x_test", "y_test")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from . import DATASETS, DataMeta, DataOptions, holdout, make_bundle
+from .bundle import DataMeta, DataOptions, holdout, make_bundle
+from .registry import DATASETS
 
 
 @DATASETS.register("xor", DataOptions)

@@ -29,7 +29,8 @@ import torch
 from pydantic import Field
 
 from ..errors import DataError
-from . import DATASETS, DataBundle, DataMeta, DataOptions, LoaderSplit, TensorSplit, holdout
+from .bundle import DataBundle, DataMeta, DataOptions, LoaderSplit, TensorSplit, holdout
+from .registry import DATASETS
 
 Level = Literal["char", "byte"]
 

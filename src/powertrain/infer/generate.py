@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from .errors import RecipeError, RunDirError
+from ..errors import RecipeError, RunDirError
 
 
 def generate(run_dir: str | Path, prompt: str = "\n", max_new_tokens: int = 500, temperature: float = 0.8,
@@ -27,8 +27,8 @@ def generate(run_dir: str | Path, prompt: str = "\n", max_new_tokens: int = 500,
 
     `temperature` divides the logits (0: always the most likely token); `top_k` keeps only the k
     most likely tokens (None: all); `seed` makes the draws repeatable."""
-    from .api import load_trainer
-    from .rundir import RunDir
+    from ..train.load import load_trainer
+    from ..run.rundir import RunDir
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise RecipeError(f"max_new_tokens (--max-new-tokens): expected a whole number >= 0, got {max_new_tokens!r}")

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError, RecipeError
-from .rundir import RunDir
+from ..errors import DataError, RecipeError
+from ..run.rundir import RunDir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -180,10 +180,10 @@ def _describe(outputs: torch.Tensor, meta, names: list[str]) -> list[dict]:
 
 def predict(run_dir: str | Path, input: str | Path, batch_size: int = 256, max_new_tokens: int = 100) -> dict:
     """{"predictions": [...], "outputs": tensor, "bill": {...}} for the run's final model on `input`."""
-    from .bill import BillRecord, carbon_model, make_bill
-    from .compress.derived import load_model
-    from .measure import Meter
-    from .models import count_params
+    from ..measure.bill import BillRecord, carbon_model, make_bill
+    from ..train.load import load_model
+    from ..measure import Meter
+    from ..models import count_params
 
     if batch_size < 1:
         raise RecipeError(f"--batch-size: expected a whole number >= 1, got {batch_size}")
@@ -230,7 +230,7 @@ def predict(run_dir: str | Path, input: str | Path, batch_size: int = 256, max_n
 
 def inference_line(result: dict) -> str:
     """One line: the inference's FLOPs, time, energy (with its method), J per sample and CO2e."""
-    from .bill import _si
+    from ..measure.bill import _si
 
     b = result["bill"]
     w = b["energy"]["windows"].get("final_eval") or {}
@@ -256,7 +256,7 @@ def write_predictions(result: dict, out: str | Path) -> Path:
     """--out FILE: .npy (the raw outputs), .json (predictions and bill) or .csv (one row per prediction)."""
     import json
 
-    from .atomic import atomic_write
+    from ..run.atomic import atomic_write
 
     out = Path(out)
     suffix = out.suffix.lower()

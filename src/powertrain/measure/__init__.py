@@ -8,9 +8,7 @@ counter exists, labelled estimated where not), CO2e, peak memory, and the Meter'
 'mixed: estimated:cpu-tdp-per-core + estimated:dram-w-per-gb'
 """
 from .carbon import REGIONS, CarbonModel, GridIntensity, grid_intensity
-from .energy import (CPU_TDP, EnergyBackend, EnergyReading, EnergyTotal, EstimateBackend, NvmlBackend,
-                     RaplBackend, above_idle, combine_methods, cpu_w_per_core, detect_backends,
-                     measure_idle_power, sum_energy)
+from .energy import CPU_TDP, EnergyBackend, EnergyReading, EnergyTotal, EstimateBackend, NvmlBackend, RaplBackend, above_idle, combine_methods, cpu_w_per_core, detect_backends, measure_idle_power, sum_energy
 from .flops import FlopCache, FlopCount, attention_flops, count_flops, forward_flops, shape_key, train_step_flops
 from .memory import PeakMemory, peak_memory, reset_peak_memory
 from .meter import ComponentTotal, Meter, Window, WindowTotals

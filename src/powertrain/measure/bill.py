@@ -11,8 +11,12 @@ from typing import Any, Optional
 
 import torch
 
-from .measure import CarbonModel, Meter, cpu_w_per_core, grid_intensity, mfu, peak_for, peak_memory
-from .recipe import RunConfig
+from .carbon import CarbonModel, grid_intensity
+from .energy import combine_methods, cpu_w_per_core
+from .memory import peak_memory
+from .meter import Meter
+from .peak import mfu, peak_for
+from ..recipe import RunConfig
 
 PRECISION_DTYPE = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
@@ -26,7 +30,7 @@ def carbon_model(run: RunConfig) -> CarbonModel:
     try:
         intensity = grid_intensity(region)
     except ValueError as e:
-        from .errors import RecipeError
+        from ..errors import RecipeError
 
         raise RecipeError(f"run.region: {e}") from None
     return CarbonModel(intensity=intensity, pue=run.pue, price_per_kwh=run.price_per_kwh)
@@ -78,8 +82,6 @@ def _components(*windows) -> tuple[dict, Optional[float], Optional[str]]:
                 slot["above_idle_j"] = slot.get("above_idle_j", 0.0) + c.above_idle_j
     if not components:
         return components, None, None
-    from .measure import combine_methods
-
     return (components, sum(c["energy_j"] for c in components.values()),
             combine_methods(c["method"] for c in components.values()))
 
@@ -167,18 +169,6 @@ def recarbon(bill: dict, run: RunConfig) -> dict:
     bill["cost"] = ({"amount": carbon.cost(e), "currency": carbon.currency, "price_per_kwh": carbon.price_per_kwh}
                     if e is not None and carbon.price_per_kwh is not None else None)
     return bill
-
-
-def write_bill(bill: dict, run_dir) -> None:
-    from .rundir import RunDir
-
-    RunDir(run_dir).write("bill", bill)
-
-
-def read_bill(run_dir) -> dict:
-    from .rundir import RunDir
-
-    return RunDir(run_dir).read("bill")
 
 
 def _si(x: Optional[float], unit: str = "") -> str:

@@ -8,7 +8,8 @@ from functools import lru_cache
 
 import torch
 
-from .errors import RecipeError
+from ..errors import RecipeError
+from ..settings import VERSION
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -77,7 +78,7 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        from .measure.peak import cpu_model_name
+        from .peak import cpu_model_name
 
         return cpu_model_name()
     return device.type
@@ -85,10 +86,8 @@ def device_name(device: torch.device) -> str:
 
 def environment(device: torch.device) -> dict:
     """What env.json records: versions, device and threads."""
-    from . import __version__
-
     return {
-        "powertrain": __version__,
+        "powertrain": VERSION,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -6,16 +6,15 @@ its own process estimate, so nothing is counted twice.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
+from .energy import EstimateBackend, combine_methods
 from .meter import Meter, WindowTotals
 
 
 def node_scope(backend) -> bool:
     """Whether an energy backend reads a counter of the whole node (RAPL, NVML: read by local rank 0
     only) rather than of this process (the CPU-seconds estimate: read, and summed, on every rank)."""
-    from .energy import EstimateBackend
-
     scope = getattr(backend, "scope", None)
     if scope is not None:
         return scope == "node"
@@ -36,8 +35,6 @@ def drop_node_counters(meter) -> None:
 
 def merge_meter_states(states: list[dict]) -> dict:
     """One Meter state for the job from every rank's `Meter.state_dict()`."""
-    from . import combine_methods
-
     merged = {"version": 1, "totals": {}}
     for i, state in enumerate(states):
         for name, t in state["totals"].items():
@@ -59,13 +56,13 @@ def merge_meter_states(states: list[dict]) -> dict:
     return merged
 
 
-def job_totals(meter: Optional[Meter], in_job: bool) -> dict[str, WindowTotals]:
-    """The totals a bill is made of: this process's, or in a job (every rank calls it) the job's."""
-    if not in_job:
+def job_totals(meter: Optional[Meter], gather: Optional[Callable[[Any], list]] = None) -> dict[str, WindowTotals]:
+    """The totals a bill is made of: this process's, or in a job the job's. `gather(obj)` returns every
+    rank's obj, rank 0's first (e.g. train/distributed.gather_objects): a collective, so every rank calls
+    this. No `gather`: one process."""
+    if gather is None:
         return meter.totals() if meter else {}
-    from ..distributed import gather_objects
-
-    states = gather_objects(meter.state_dict() if meter else None)
+    states = gather(meter.state_dict() if meter else None)
     if states[0] is None:
         return {}
     return {k: WindowTotals.from_dict(v) for k, v in merge_meter_states(states)["totals"].items()}

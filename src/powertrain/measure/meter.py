@@ -25,8 +25,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .carbon import CarbonModel
-from .energy import (EnergyBackend, EnergyReading, above_idle, combine_methods, detect_backends, measure_idle_power,
-                     sum_energy)
+from .energy import EnergyBackend, EnergyReading, above_idle, combine_methods, detect_backends, measure_idle_power, sum_energy
 
 _CUDA_BUILD = torch.backends.cuda.is_built()  # a CPU build never initialises CUDA: skip the 4 us check
 

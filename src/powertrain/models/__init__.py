@@ -11,24 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data import DataMeta
-from ..registry import Registry
+from ..data.bundle import DataMeta
 from .check import dry_run
-
-MODELS = Registry("model")
-
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
-               "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU}
-
-
-def output_size(meta: DataMeta) -> int:
-    """Width of a classifier/regressor head for this dataset."""
-    if meta.task == "binary":
-        return 1
-    if meta.task == "multiclass":
-        return int(meta.num_classes)
-    return int(meta.targets)
-
+from .registry import ACTIVATIONS, MODELS, output_size  # noqa: F401  (re-exported)
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..data import DataMeta
-from ..registry import Options
-from . import ACTIVATIONS, MODELS
+from ..data.bundle import DataMeta
+from ..recipe.registry import Options
+from .registry import ACTIVATIONS, MODELS
 from .check import ShapeError
 
 Activation = Literal["relu", "gelu", "tanh", "sigmoid", "silu", "leaky_relu", "elu"]

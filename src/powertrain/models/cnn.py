@@ -11,9 +11,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..data import DataMeta
-from ..registry import Options
-from . import ACTIVATIONS, MODELS, output_size
+from ..data.bundle import DataMeta
+from ..recipe.registry import Options
+from .registry import ACTIVATIONS, MODELS, output_size
 from .check import dry_run
 from .mlp import mlp_layers
 

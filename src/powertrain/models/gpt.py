@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..data import DataMeta
-from ..registry import Options
-from . import MODELS
+from ..data.bundle import DataMeta
+from ..recipe.registry import Options
+from .registry import MODELS
 from .check import ShapeError
 from .transformer import Block, init_weights
 

@@ -6,9 +6,9 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from ..data import DataMeta
-from ..registry import Options
-from . import ACTIVATIONS, MODELS, output_size
+from ..data.bundle import DataMeta
+from ..recipe.registry import Options
+from .registry import ACTIVATIONS, MODELS, output_size
 
 
 class MLPOptions(Options):

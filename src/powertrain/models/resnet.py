@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..data import DataMeta
-from ..registry import Options
-from . import MODELS, output_size
+from ..data.bundle import DataMeta
+from ..recipe.registry import Options
+from .registry import MODELS, output_size
 from .check import ShapeError
 
 

@@ -30,9 +30,9 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..data import DataMeta
-from ..registry import Options
-from . import MODELS, output_size
+from ..data.bundle import DataMeta
+from ..recipe.registry import Options
+from .registry import MODELS, output_size
 from .check import ShapeError
 
 

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..data import DataMeta
-from ..registry import Options
-from . import MODELS, output_size
+from ..data.bundle import DataMeta
+from ..recipe.registry import Options
+from .registry import MODELS, output_size
 from .check import ShapeError
 from .rnn import SequenceInput
 
@@ -71,6 +71,8 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
+    shard_unit = True  # the unit activation checkpointing recomputes and FSDP shards (train/distributed.py)
+
     def __init__(self, d: int, n_head: int, d_ff: int, dropout: float = 0.0, bias: bool = True, causal: bool = False,
                  head_dim: Optional[int] = None):
         super().__init__()

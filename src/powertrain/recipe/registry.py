@@ -2,6 +2,10 @@
 
 Each entry registers a pydantic class for its own options, so a recipe's `model:` or `data:`
 section is checked key by key, with the same one-line errors as the rest of the recipe.
+
+The registries themselves live in data/registry.py and models/registry.py; each one made here is
+listed by its section, so that `parse_recipe` checks a section's name and options through
+`check_section` without importing data or models (they sit above the recipe).
 """
 from __future__ import annotations
 
@@ -10,13 +14,16 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import RecipeError, closest, format_validation_error
+from ..errors import RecipeError, closest, format_validation_error
 
 
 class Options(BaseModel):
     """Base for registered options: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+SECTIONS: dict[str, "Registry"] = {}  # recipe section -> its registry, filled as data/ and models/ load
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,7 @@ class Registry:
     def __init__(self, section: str):
         self.section = section  # "model" or "data": the recipe section these entries fill
         self._entries: dict[str, Entry] = {}
+        SECTIONS[section] = self
 
     def register(self, name: str, options: type[Options] = Options):
         """Decorator: `@MODELS.register("mlp", MLPOptions)` over `def build(opts, meta) -> nn.Module`."""
@@ -61,3 +69,12 @@ class Registry:
             return entry.options.model_validate(raw)
         except ValidationError as err:
             raise RecipeError(format_validation_error(err, entry.options, prefix=self.section)) from None
+
+
+def check_section(section: str, spec: dict) -> None:
+    """Check a recipe section (`{"name": ..., **options}`) against its registry: the name, with a
+    did-you-mean, and the entry's options. A section whose registry is not loaded is checked when its
+    dataset or model is built (data.build, models.build validate again)."""
+    registry = SECTIONS.get(section)
+    if registry is not None:
+        registry.options(spec)

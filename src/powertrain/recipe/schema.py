@@ -1,21 +1,20 @@
-"""Recipes: a YAML file with sections `data`, `model`, `train`, `run`, validated by pydantic.
+"""The recipe's schema: sections `data`, `model`, `train`, `run` as pydantic models, and `parse_recipe`.
 
->>> from powertrain import load_recipe
->>> r = load_recipe("xor", ["train.epochs=10"])
->>> r.train.epochs
+The schema names a dataset and a model family; it imports neither. Their own options are checked by
+the registries that data/ and models/ fill (recipe/registry.py: `check_section`), with the same
+one-line errors as the rest of the recipe.
+
+>>> parse_recipe({"data": {"name": "xor"}, "model": {"name": "mlp", "hidden": [3]}}).train.epochs
 10
 """
 from __future__ import annotations
 
-import copy
-from importlib import resources
-from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
-from .errors import RecipeError, closest, format_validation_error  # noqa: F401  (re-exported)
+from ..errors import RecipeError, closest, format_validation_error  # noqa: F401  (re-exported)
+from .registry import check_section
 
 
 class Strict(BaseModel):
@@ -158,84 +157,39 @@ class Recipe(Strict):
         return self.model_dump(mode="json")
 
 
-# ---------------------------------------------------------------- loading
-def builtin_recipes() -> dict[str, Path]:
-    """Name -> path of each recipe shipped in the package."""
-    folder = resources.files("powertrain") / "recipes"
-    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+# ---------------------------------------------------------------- DP-SGD's refusals (train/privacy.py)
+REFUSED = {  # TrainConfig keys that cannot go with DP-SGD: why, and the fix
+    "grad_clip": ("DP-SGD clips each sample's gradient at train.privacy.max_grad_norm", "remove train.grad_clip"),
+    "compile": ("Opacus's per-sample-gradient hooks do not run under torch.compile", "set train.compile=false"),
+    "activation_checkpointing": ("recomputed activations would reach Opacus's hooks twice",
+                                 "set train.activation_checkpointing=false"),
+}
 
 
-def _read(source: str | Path) -> dict:
-    path = Path(source)
-    known = {} if path.suffix else builtin_recipes()
-    if str(source) in known:
-        path = known[str(source)]
-    elif not path.suffix and not path.is_file():  # a file without suffix (`powertrain train ./myrecipe`) is read
-        raise RecipeError(
-            f"recipe '{source}': not a built-in recipe{closest(str(source), known)} and not a file; "
-            f"run `powertrain recipes` to list them, or pass a path to a .yaml file"
-        )
-    if not path.is_file():
-        raise RecipeError(f"recipe file '{path}': not found; pass an existing .yaml path or a built-in name")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise RecipeError(f"recipe file '{path}': not a text YAML recipe (byte {e.object[e.start]:#04x} at offset "
-                          f"{e.start} is not UTF-8 text); pass a .yaml recipe file or a built-in name") from None
-    if "\x00" in text:
-        raise RecipeError(f"recipe file '{path}': not a text YAML recipe (it contains NUL bytes: a binary file); "
-                          f"pass a .yaml recipe file or a built-in name")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise RecipeError(f"recipe file '{path}': invalid YAML{line}; check indentation and colons") from None
-    if not isinstance(raw, dict):
-        raise RecipeError(f"recipe file '{path}': expected a mapping with sections data, model, train, run")
-    raw.setdefault("name", path.stem)
-    data = raw.get("data")
-    for key in ("path", "test_path"):  # a relative data file next to the recipe wins over the working directory
-        rel = data.get(key) if isinstance(data, dict) else None
-        if isinstance(rel, str) and not Path(rel).expanduser().is_absolute() and (path.parent / rel).exists():
-            data[key] = str((path.parent / rel).resolve())
-    return raw
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `section.key=value` overrides; values are parsed as YAML (`3e-3`, `[64, 32]`, `true`)."""
-    for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"override '{item}': expected key.path=value, e.g. train.lr=3e-3")
-        key, _, text = item.partition("=")
-        value = yaml.safe_load(text) if text.strip() else None
-        if isinstance(value, str):  # YAML 1.1 reads '3e-3' as a string
-            try:
-                value = float(value) if any(c in value for c in ".eE") else int(value)
-            except ValueError:
-                pass
-        node, parts = raw, key.strip().split(".")
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.setdefault(part, {})
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise RecipeError(f"override '{item}': {'.'.join(parts[: i + 1])} is a value, not a section")
-            node = nxt
-        node[parts[-1]] = value
-    return raw
+def check_privacy(cfg: TrainConfig) -> None:
+    """One-line refusals of settings DP-SGD cannot take (before anything is built)."""
+    for key, (why, fix) in REFUSED.items():
+        if getattr(cfg, key):
+            raise RecipeError(f"train.{key}: {why}; {fix} to train with train.privacy")
+    if cfg.strategy in ("ddp", "fsdp"):
+        raise RecipeError(f"train.strategy: {cfg.strategy} is not supported with train.privacy (Poisson sampling and "
+                          f"the accountant run in one process here); train a private run with one process")
+    if cfg.distill is not None:
+        raise RecipeError("train.distill: distillation with train.privacy is not supported (the teacher's logits would "
+                          "need their own privacy analysis); remove one of them")
+    if cfg.precision == "fp16":
+        raise RecipeError("train.precision: fp16 with a gradient scaler is not supported with train.privacy; "
+                          "use fp32 or bf16")
 
 
 def parse_recipe(raw: dict) -> Recipe:
     """Validate a recipe dict, including the registered model and data options."""
-    from . import data, models  # late import: registries fill on import
-
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, Recipe)) from None
-    models.MODELS.options(recipe.model.model_dump())
-    data.DATASETS.options(recipe.data.model_dump())
+    check_section("model", recipe.model.model_dump())
+    check_section("data", recipe.data.model_dump())
     tc = recipe.train
     if tc.batch_size % tc.accumulate:
         raise RecipeError(
@@ -248,16 +202,8 @@ def parse_recipe(raw: dict) -> Recipe:
         raise RecipeError("train.backbone_lr_mult: applies to the parameters loaded by model.init_from, which is not "
                           "set; set model.init_from=RUN_DIR or remove train.backbone_lr_mult")
     if tc.privacy is not None:
-        from .privacy import check_config  # settings DP-SGD cannot take, refused before anything is built
-
-        check_config(tc)
+        check_privacy(tc)  # settings DP-SGD cannot take, refused before anything is built
     if recipe.model.init_exclude and not recipe.model.init_from:
         raise RecipeError("model.init_exclude: says which weights model.init_from should not load, but "
                           "model.init_from is not set; set it or remove model.init_exclude")
     return recipe
-
-
-def load_recipe(source: str | Path | dict, overrides: list[str] | None = None) -> Recipe:
-    """Load a built-in recipe by name, a YAML file, or a dict; then apply dotted overrides."""
-    raw = copy.deepcopy(source) if isinstance(source, dict) else _read(source)
-    return parse_recipe(apply_overrides(raw, list(overrides or [])))

@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .errors import RunDirError
-from .rundir import RunDir
+from ..errors import RunDirError
+from ..run.rundir import RunDir
 
 
 LOWER_IS_BETTER = ("loss", "mse", "mae", "elbo_nll", "nll", "perplexity", "bits_per_char")
@@ -148,22 +148,6 @@ def compare(run_dirs: list[str | Path], metric: str = "accuracy", split: str = "
     """Rows for each run (printed by the CLI) and, with `png`, the Pareto plot written there."""
     rows = mark_fronts([load_row(d, metric, split) for d in run_dirs], metric)
     return rows, (plot(rows, metric, split, Path(png)) if png else None)
-
-
-HEADLINE = ("accuracy", "r2", "elbo_nats", "mse", "bits_per_char", "perplexity", "loss")
-
-
-def headline_metric(metrics: Optional[dict]) -> Optional[str]:
-    """The metric that sums up an evaluation: accuracy for classifiers, R² for regression, the ELBO or MSE
-    for reconstruction, else the loss.
-
-    >>> headline_metric({"loss": 0.3, "accuracy": 0.9, "f1_macro": 0.89})
-    'accuracy'
-    """
-    for name in HEADLINE:
-        if isinstance((metrics or {}).get(name), (int, float)):
-            return name
-    return None
 
 
 def mark_fronts(rows: list[dict], metric: str) -> list[dict]:

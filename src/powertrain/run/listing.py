@@ -11,12 +11,28 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
-from .errors import RunDirError
-from .report import headline_metric
+from ..errors import RunDirError
 from .rundir import RunDir
 
 MAX_DEPTH = 4  # runs/<group>/<sub>/<run>: deep enough for hand-made layouts, not a crawl of the disk
+
+
+HEADLINE = ("accuracy", "r2", "elbo_nats", "mse", "bits_per_char", "perplexity", "loss")
+
+
+def headline_metric(metrics: Optional[dict]) -> Optional[str]:
+    """The metric that sums up an evaluation: accuracy for classifiers, R² for regression, the ELBO or MSE
+    for reconstruction, else the loss.
+
+    >>> headline_metric({"loss": 0.3, "accuracy": 0.9, "f1_macro": 0.89})
+    'accuracy'
+    """
+    for name in HEADLINE:
+        if isinstance((metrics or {}).get(name), (int, float)):
+            return name
+    return None
 
 
 def _run_dirs(root: Path, depth: int = 0):
@@ -82,7 +98,7 @@ def find_runs(root: str | Path = "runs") -> list[dict]:
 def _energy(j) -> str:
     if j is None:
         return "-"
-    from .bill import _si
+    from ..measure.bill import _si
 
     return _si(j, "J")
 

@@ -20,19 +20,18 @@ from typing import Optional
 
 from torch import nn
 
-from .. import checkpoint
-from ..engine import Trainer
 from ..errors import RunDirError
-from ..hardware import environment, resolve_device
-from ..metrics import loss_names
+from ..measure.hardware import environment, resolve_device
 from ..recipe import Recipe, parse_recipe
-from ..rundir import RunDir
+from ..run import checkpoint
+from ..run.rundir import RunDir
+from ..train.engine import Trainer
+from ..train.lifecycle import build_trainer
+from ..train.metrics import loss_names
 
 
 def make_trainer(recipe: Recipe, run: Optional[RunDir], cls: type = Trainer, callbacks=None) -> Trainer:
-    """Data, model and a `cls` Trainer for a recipe (api.build_trainer); `run` None: it writes nothing."""
-    from ..api import build_trainer
-
+    """Data, model and a `cls` Trainer for a recipe (train.lifecycle.build_trainer); `run` None: it writes nothing."""
     return build_trainer(recipe, run, callbacks, cls=cls, teacher=False)
 
 
@@ -119,24 +118,3 @@ def finish_child(run: RunDir, trainer: Trainer, results: dict, method: str, para
     bill["derived"] = {"parent": parent, "method": method}
     run.write("bill", bill)
     return bill
-
-
-def is_quantized_run(path: Path) -> bool:
-    return RunDir.open(path).kind == "quantized"
-
-
-def load_model(run_dir: str | Path) -> tuple[nn.Module, Recipe, Trainer]:
-    """Any run's final model, in eval mode: fp32 (trained or pruned) on the run's device, or int8 (quantized) on the CPU.
-    Returns (model, recipe, trainer), the trainer holding the run's data.
-
-    >>> model, recipe, trainer = load_model("runs/digits-mlp-int8")  # doctest: +SKIP
-    """
-    run = RunDir.open(run_dir)
-    if run.kind == "quantized":
-        from .quantize import load_quantized
-
-        return load_quantized(run, run.recipe())
-    from ..api import load_trainer
-
-    trainer = load_trainer(run)
-    return trainer.model.eval(), run.recipe(), trainer

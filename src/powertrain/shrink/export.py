@@ -31,8 +31,8 @@ import torch
 import yaml
 
 from ..errors import PowertrainError, RecipeError
-from ..rundir import RunDir
-from .derived import load_model
+from ..run.rundir import RunDir
+from ..train.load import load_model
 
 FORMATS = ("onnx", "safetensors")
 BAR_FP32 = 1e-4
@@ -86,7 +86,7 @@ def _load(run: RunDir, checkpoint: Optional[str]):
     if checkpoint is None:
         model, _, trainer = load_model(run.path)
         return model, trainer
-    from ..api import load_trainer
+    from ..train.load import load_trainer
 
     trainer = load_trainer(run, checkpoint)
     return trainer.model.eval(), trainer

@@ -27,8 +27,8 @@ from typing import Optional
 import torch.nn.utils.prune as tprune
 from torch import nn
 
-from ..callbacks import Callback
-from ..engine import Trainer
+from ..train.callbacks import Callback
+from ..train.engine import Trainer
 from ..errors import RecipeError, RunDirError
 from ..recipe import Recipe, parse_recipe
 from .derived import (child_recipe, create_child, evaluate_splits, finish_child, floats, load_final_weights,

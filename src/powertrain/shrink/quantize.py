@@ -18,8 +18,8 @@ favour of torchao, whose CPU int8 covers Linear layers only: the eager modes sta
 int8 convolutions.
 
 The int8 model is saved as safetensors (`checkpoints/quantized.safetensors`: int8 weights with their
-scales and zero points, the rest as is; int8_io.py and ao.py), never as a pickle; `load_quantized` rebuilds the model from
-the recipe, quantizes its structure the same way and loads those tensors into it, bit for bit.
+scales and zero points, the rest as is; models/int8/), never as a pickle; `train.load.load_model` rebuilds the model
+from the recipe, quantizes its structure the same way and loads those tensors into it, bit for bit.
 
 >>> from powertrain.compress import quantize
 >>> child = quantize("runs/mnist1d-gru")                                     # doctest: +SKIP
@@ -28,107 +28,23 @@ the recipe, quantizes its structure the same way and loads those tensors into it
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import RecipeError, RunDirError
+from ..errors import RecipeError
 from ..models import count_params
 from ..recipe import Recipe, parse_recipe
-from .derived import (child_recipe, create_child, evaluate_splits, finish_child, floats,
-                      load_final_weights, make_trainer, open_trained, parent_metrics, update_derived)
-from .ao import AO_MODES, ao_layers, ao_tensors, load_ao_tensors, quantize_ao
+from .derived import (child_recipe, create_child, evaluate_splits, finish_child, floats, load_final_weights,
+                      make_trainer, open_trained, parent_metrics, update_derived)
+from ..models.int8 import AO_MODES, MODES, quantize_model
+from ..models.int8.ao import ao_layers, ao_tensors
 from .infer_cost import fp32_bytes, inference_cost, slower
-from .int8_io import is_quantized_layer, load_quantized_tensors, quiet as _quiet, save_quantized
-
-MODES = ("dynamic", "static", *AO_MODES)
-DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU)
-STATIC_MODELS = ("cnn", "mlp")
-
-
-# ---------------------------------------------------------------- the transforms
-def _fuse_groups(seq: nn.Sequential) -> list[list[str]]:
-    """Runs of [Conv or Linear, BatchNorm?, ReLU?] in a Sequential, as fuse_modules names them."""
-    mods, groups, i = list(seq), [], 0
-    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-    while i < len(mods):
-        if isinstance(mods[i], (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            group, j = [str(i)], i + 1
-            if j < len(mods) and isinstance(mods[j], norms) and not isinstance(mods[i], nn.Linear):
-                group.append(str(j))
-                j += 1
-            if j < len(mods) and isinstance(mods[j], nn.ReLU):
-                group.append(str(j))
-                j += 1
-            if len(group) > 1:
-                groups.append(group)
-            i = j
-        else:
-            i += 1
-    return groups
-
-
-def _static_skeleton(model: nn.Module, model_name: str) -> nn.Module:
-    """A copy of `model` fused, wrapped in Quant/DeQuant stubs and prepared with observers (x86/fbgemm)."""
-    from torch.ao.quantization import QuantWrapper, fuse_modules, get_default_qconfig, prepare
-
-    if model_name not in STATIC_MODELS or not isinstance(model, nn.Sequential):
-        raise RecipeError(f"--mode static: eager-mode static int8 is offered for models {', '.join(STATIC_MODELS)} "
-                          f"(plain Sequential stacks), not model '{model_name}'; use --mode dynamic, which "
-                          f"quantizes its Linear/LSTM/GRU layers")
-    with _quiet():
-        m = fuse_modules(copy.deepcopy(model).eval(), _fuse_groups(model))
-        wrapped = QuantWrapper(m).eval()
-        wrapped.qconfig = get_default_qconfig(torch.backends.quantized.engine)
-        return prepare(wrapped)
-
-
-def quantize_model(model: nn.Module, mode: str = "dynamic", model_name: str = "",
-                   calibration: Optional[list[torch.Tensor]] = None) -> nn.Module:
-    """An int8 copy of `model` (eval mode, CPU). `calibration`: input batches for static ranges.
-    `mode`: dynamic, static (eager torch.ao.quantization), ao-weight, ao-dynamic (torchao; ao.py).
-
-    >>> q = quantize_model(nn.Sequential(nn.Linear(8, 4)))
-    >>> type(q[0]).__name__
-    'Linear'
-    >>> q[0].weight().dtype
-    torch.qint8
-    """
-    model = model.cpu().eval()
-    if mode in AO_MODES:
-        return quantize_ao(model, mode, model_name)
-    if mode == "dynamic":
-        if not any(isinstance(m, DYNAMIC_TYPES) for m in model.modules()):
-            raise RecipeError(f"--mode dynamic: model '{model_name or type(model).__name__}' has no Linear, LSTM or "
-                              f"GRU layer to quantize; use --mode static for a CNN")
-        from torch.ao.quantization import quantize_dynamic
-
-        with _quiet():
-            return quantize_dynamic(copy.deepcopy(model), set(DYNAMIC_TYPES), dtype=torch.qint8)
-    if mode != "static":
-        raise RecipeError(f"mode (--mode): expected one of {', '.join(MODES)}, got '{mode}'")
-    from torch.ao.quantization import convert
-
-    prepared = _static_skeleton(model, model_name)
-    with torch.no_grad(), _quiet():
-        for x in calibration or []:
-            prepared(x.cpu())
-        q = convert(prepared)
-        probe = (calibration or [None])[0]
-        if probe is not None:
-            try:
-                q(probe[:2].cpu())
-            except (NotImplementedError, RuntimeError) as e:
-                first = str(e).strip().splitlines()[0][:200]
-                raise RecipeError(f"--mode static: backend '{torch.backends.quantized.engine}' cannot run model "
-                                  f"'{model_name}' in int8 ({first}); use --mode dynamic") from None
-    return q
-
+from ..models.int8.io import is_quantized_layer, save_quantized
 
 # ---------------------------------------------------------------- the derived run
 def _cpu_recipe(recipe: Recipe) -> Recipe:
@@ -220,34 +136,6 @@ def _ao_version() -> str:
     from importlib.metadata import version
 
     return version("torchao")
-
-
-def load_quantized(run, recipe: Recipe):
-    """(int8 model, recipe, trainer) of a quantized run: the recipe's model, quantized the same way,
-    filled from checkpoints/quantized.safetensors."""
-    f = run.quantized_weights
-    if not f.is_file():
-        raise RunDirError(f"'{run.path}' is a quantized run without '{f.name}' in checkpoints/; quantize its parent again")
-    mode = (run.read("derived", required=False) or {}).get("settings", {}).get("mode", "dynamic")
-    trainer = make_trainer(recipe, None, callbacks=[])
-    skeleton = trainer.model.eval()
-    if mode == "static":
-        from torch.ao.quantization import convert
-
-        prepared = _static_skeleton(skeleton, recipe.model.name)
-        split = trainer.data.train
-        with torch.no_grad(), _quiet():
-            prepared(next(split.batches(torch.arange(2), 2))[0].cpu())  # any range: the file sets the real ones
-            qmodel = convert(prepared)
-    else:
-        qmodel = quantize_model(skeleton, mode, recipe.model.name)
-    try:
-        tensors = load_file(str(f))
-    except Exception as e:
-        raise RunDirError(f"'{f}' is unreadable ({e}); quantize the parent run again") from None
-    (load_ao_tensors if mode in AO_MODES else load_quantized_tensors)(qmodel, tensors, str(f))
-    trainer.model = trainer.forward_model = qmodel
-    return qmodel.eval(), recipe, trainer
 
 
 def format_report(report: dict) -> str:

@@ -14,8 +14,8 @@ import math
 import re
 from typing import Optional
 
-from .errors import RecipeError
-from .measure import GPU_PEAKS, CarbonModel, grid_intensity, lookup_peak
+from ..errors import RecipeError
+from ..measure import GPU_PEAKS, CarbonModel, grid_intensity, lookup_peak
 
 ASSUMED_MFU = 0.40
 MFU_SOURCE = ("assumed 0.40: well-tuned large-model training reaches 0.4-0.5 "
@@ -31,11 +31,10 @@ def chinchilla(flops: float) -> dict:
 
 
 def _calibration(from_run: str) -> dict:
-    from .bill import read_bill
-    from .rundir import open_run
+    from ..run.rundir import RunDir, open_run
 
     path, _ = open_run(from_run)
-    bill = read_bill(path)
+    bill = RunDir(path).read("bill")
     mfu, energy, flops = bill["mfu"]["value"], bill["energy"]["total_j"], bill["flops"]["train_total"]
     if mfu is None or not energy or not flops:
         raise RecipeError(f"--from {from_run}: its bill lacks MFU, energy or FLOPs; train it to the end first")
@@ -96,7 +95,7 @@ def plan(params: Optional[float] = None, tokens: Optional[float] = None, device:
     dtype = dtype or ("fp32" if is_cpu else "bf16")
     cpu_power = None
     if is_cpu:  # this machine's CPU: its measured (cached) matmul peak, its estimated power
-        from .measure import cpu_peak, cpu_w_per_core
+        from ..measure import cpu_peak, cpu_w_per_core
 
         if dtype not in ("fp32", "bf16", "fp16", "fp64"):
             raise RecipeError(f"--dtype {dtype}: the CPU's peak is measured for fp32, bf16, fp16 or fp64")

@@ -8,10 +8,10 @@ from typing import Optional
 
 import yaml
 
-from .atomic import write_json
-from .errors import RecipeError
+from ..run.atomic import write_json
+from ..errors import RecipeError
 from .plan import human_energy, human_time
-from .rundir import read_json
+from ..run.records import read_json
 from .scalelaw import SIZE_KEYS, analyse, law_loss
 from .space import override
 
@@ -39,15 +39,15 @@ def parse_budgets(text: str) -> list[float]:
 
 def _shape(base: dict, key: str, size, say) -> dict:
     """Parameters, training FLOPs per step and tokens per sample of one size, from a built Trainer."""
-    from . import api
-    from .recipe import load_recipe
+    from ..train import lifecycle
+    from ..recipe import load_recipe
 
     try:
         recipe = load_recipe(base, [override(key, size)])
     except RecipeError as e:
         raise RecipeError(f"--sizes: {key}={json.dumps(size)} is not a valid value ({e}); list sizes of the key's own "
                           f"form, e.g. --sizes '[[8,16],[16,32],[32,64]]' for a list") from None
-    trainer = api.build_trainer(recipe, None, callbacks=[], writes=False)
+    trainer = lifecycle.build_trainer(recipe, None, callbacks=[], writes=False)
     rec = trainer.bill_record()
     meta = trainer.data.meta
     per_sample = meta.input_shape[0] if meta.task == "language_model" else 1
@@ -60,10 +60,10 @@ def _shape(base: dict, key: str, size, say) -> dict:
 def train_family(recipe: str, sizes: list, budgets: list[float], size_key: Optional[str] = None,
                  out: Optional[str | Path] = None, overrides=(), say=print) -> tuple[Path, str, list[dict]]:
     """One run per (size, budget) under OUT/runs; finished runs are kept, interrupted ones resumed."""
-    from . import api
-    from .recipe import _read, apply_overrides, load_recipe
+    from ..train import lifecycle
+    from ..recipe import read_raw, apply_overrides, load_recipe
 
-    base = apply_overrides(_read(recipe), list(overrides))
+    base = apply_overrides(read_raw(recipe), list(overrides))
     first = load_recipe(base)
     key = size_key or SIZE_KEYS.get(first.model.name)
     if key is None:
@@ -90,9 +90,9 @@ def train_family(recipe: str, sizes: list, budgets: list[float], size_key: Optio
                 say(f"{key}={json.dumps(size)}: {shape['params']:,} parameters, budget {c:.2g} FLOPs = {steps} steps "
                     f"({steps * shape['tokens_per_step']:.3g} tokens) -> {run}")
                 if (run / "recipe.yaml").is_file():
-                    api.resume(run, callbacks=[])
+                    lifecycle.resume(run, callbacks=[])
                 else:
-                    api.train(base, ovr, out=run, callbacks=[])
+                    lifecycle.train(base, ovr, out=run, callbacks=[])
             points.append(_point(run, shape["tokens_per_sample"], size))
     return out, key, points
 

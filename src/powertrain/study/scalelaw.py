@@ -21,9 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from .atomic import write_json
-from .errors import RecipeError
-from .rundir import read_json
+from ..errors import RecipeError
+from ..run.records import read_json
 
 SIZE_KEYS = {"gpt": "model.n_embd", "transformer": "model.d_model", "mlp": "model.hidden", "cnn": "model.conv"}
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from .errors import RecipeError
-from .recipe import load_recipe
+from ..errors import RecipeError
+from ..recipe import load_recipe
 
 KINDS = ("log", "float", "int")
 

@@ -2,13 +2,36 @@
 the energy that pruning saved; written to SWEEP_DIR/summary.json and drawn in SWEEP_DIR/front.png."""
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 from typing import Optional
 
-from .atomic import write_json
+from ..run.atomic import write_json
 from .plan import human_energy
-from .sweep import COSTS, Sweep, measured, value_of
+from ..run.records import read_json
+
+COSTS = {"energy_j": ("energy", "total_j"), "flops": ("flops", "train_total"), "time_s": ("time_s", "total"),
+         "params": ("params",), "co2e_g": ("co2e_g",)}
+
+
+def measured(run_dir: Path) -> dict:
+    """What a finished trial's run directory says: metrics of each split and the bill's costs."""
+    ev, bill = read_json(run_dir / "eval.json"), read_json(run_dir / "bill.json")
+    out = {"val": ev.get("val") or {}, "test": ev.get("test") or {}, "stop_reason": ev.get("stop_reason"),
+           "steps": bill.get("steps"), "energy_method": bill.get("energy", {}).get("method"),
+           "fit_energy_j": ((bill.get("energy", {}).get("windows") or {}).get("fit") or {}).get("energy_j")}
+    for name, path in COSTS.items():
+        v = bill
+        for p in path:
+            v = v.get(p) if isinstance(v, dict) else None
+        out[name] = v
+    return out
+
+
+def value_of(m: dict, name: str, split: str) -> Optional[float]:
+    v = m.get(name) if name in COSTS else m.get(split, {}).get(name)
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
 def _dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
@@ -28,14 +51,14 @@ def _saved(m: dict, total_steps: Optional[int]) -> Optional[float]:
     return fit_j / steps * (total_steps - steps)
 
 
-def command(sweep: Sweep, overrides: list[str]) -> str:
+def command(sweep, overrides: list[str]) -> str:
     """The `powertrain train` line of a trial: the sweep's overrides that the trial does not change, then its own."""
     own = {o.partition("=")[0] for o in overrides}
     fixed = [o for o in sweep.cfg["overrides"] if o.partition("=")[0].strip() not in own]
     return shlex.join(["powertrain", "train", sweep.cfg["recipe"], *fixed, *overrides])
 
 
-def summarize(sweep: Sweep, png: bool = True) -> dict:
+def summarize(sweep, png: bool = True) -> dict:
     study, _ = sweep.studies()
     split, objs = sweep.cfg["split"], sweep.objectives
     signs = [1 if d == "maximize" else -1 for _, d in objs]
@@ -72,7 +95,7 @@ def summarize(sweep: Sweep, png: bool = True) -> dict:
     return summary
 
 
-def choose(sweep: Sweep, rows: list[dict]) -> Optional[dict]:
+def choose(sweep, rows: list[dict]) -> Optional[dict]:
     """Among the COMPLETE trials that reach the target, the one with the lowest first cost objective."""
     target, split = sweep.cfg["target"], sweep.cfg["split"]
     costs = [n for n, _ in sweep.objectives if n in COSTS] or ["energy_j"]  # no cost objective: the bill's energy
@@ -130,7 +153,7 @@ def _f(v, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def plot_front(sweep: Sweep, s: dict) -> Path:
+def plot_front(sweep, s: dict) -> Path:
     """Metric against the first cost (log scale): every trial, the front joined, the chosen one ringed."""
     import matplotlib
 
@@ -171,40 +194,3 @@ def plot_front(sweep: Sweep, s: dict) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
-
-
-def sweep_runs(path) -> list[Path]:
-    """The run directories of a sweep that finished: the baseline, then the trials in order."""
-    path = Path(path)
-    runs = [path / "baseline"] if (path / "baseline" / "eval.json").is_file() else []
-    return runs + sorted(d for d in (path / "trials").glob("trial-*") if (d / "eval.json").is_file())
-
-
-def sweep_html(path) -> str:
-    """The report page's section for a sweep: the chosen trial and its command, the front, the trials."""
-    import base64
-
-    from .report_html import esc, section, table
-
-    s = summarize(Sweep(path), png=True)
-    split, objs = s["split"], s["objectives"]
-    metric = next(n for n, _ in objs if n not in COSTS)
-    c = s.get("chosen")
-    head = f"<p>no finished trial reached {esc(' '.join(map(str, s['target'])))} on {split}</p>" if s["target"] else ""
-    if c:
-        head = (f"<p>chosen: trial {c['number']} (lowest {esc(c['by'])} among the trials that reach "
-                f"{esc(' '.join(map(str, s['target'])))} on {split}): test {esc(metric)} "
-                f"{_f(c['measured']['test'].get(metric))}, {esc(human_energy(c['measured']['energy_j']))}</p>"
-                f"<pre>{esc(c['command'])}</pre>")
-    png = Path(s["picture"]).read_bytes() if s.get("picture") else None
-    img = (f'<img alt="sweep front" src="data:image/png;base64,{base64.b64encode(png).decode()}">' if png else "")
-    rows = [[f"{r['number']}{' *' if r['number'] in s['front'] else ''}", r["state"].lower(),
-             _f(value_of(r["measured"] or {}, metric, split)), _f(((r["measured"] or {}).get("test") or {}).get(metric)),
-             human_energy(r["measured"]["energy_j"]) if r["measured"] and r["measured"].get("energy_j") else "-",
-             " ".join(r["overrides"])] for r in s["trials"]]
-    t = table(["trial (* front)", "state", f"{split} {metric}", f"test {metric}", "energy", "settings"],
-              [[esc(x) for x in row] for row in rows])
-    e = s["energy"]
-    note = (f"<p class='note'>pruning stopped {e['pruned']} trials and saved {esc(human_energy(e['saved_by_pruning_j']))} "
-            f"({esc(e['saved_note'])}); the trials below are numbered in the compare table after the baseline.</p>")
-    return section("sweep", f"sweep {esc(Path(path).name)}", head + img + t + note)

@@ -4,7 +4,7 @@
     SWEEP_DIR/journal.log    the Optuna study (JournalFileBackend), unless --storage names a database
     SWEEP_DIR/trials/trial-NNNN/   one run directory per trial (recipe.yaml, metrics, eval.json, bill.json)
     SWEEP_DIR/baseline/      the recipe as it is (--baseline), to compare the chosen trial with
-    SWEEP_DIR/summary.json, front.png   the trials, the Pareto front, the chosen trial (sweep_report.py)
+    SWEEP_DIR/summary.json, front.png   the trials, the Pareto front, the chosen trial (summary.py)
 
 Objectives are read from each trial's eval.json (a metric on `split`, val by default: choosing on the
 test split would leak it) and bill.json (energy_j, flops, time_s, params, co2e_g). Multi-objective
@@ -20,8 +20,6 @@ this host) is failed and enqueued again with the same parameters; its run is res
 from __future__ import annotations
 
 import fcntl
-import json
-import math
 import os
 import socket
 import subprocess
@@ -34,14 +32,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-from .atomic import write_json
-from .callbacks import Callback
-from .errors import PowertrainError, RecipeError, RunDirError
-from .rundir import read_json
+from ..run.atomic import write_json
+from ..train.callbacks import Callback
+from ..errors import PowertrainError, RecipeError, RunDirError
+from ..run.records import read_json
 from .space import Dim, check_space, parse_space
+from .summary import COSTS, measured, summarize, value_of
 
-COSTS = {"energy_j": ("energy", "total_j"), "flops": ("flops", "train_total"), "time_s": ("time_s", "total"),
-         "params": ("params",), "co2e_g": ("co2e_g",)}
 HOST = socket.gethostname()
 
 
@@ -82,25 +79,6 @@ def parse_target(text: Optional[str]) -> Optional[tuple[str, str, float]]:
     raise RecipeError(f"--target {text}: expected METRIC>=VALUE or METRIC<=VALUE, e.g. accuracy>=0.94")
 
 
-def measured(run_dir: Path) -> dict:
-    """What a finished trial's run directory says: metrics of each split and the bill's costs."""
-    ev, bill = read_json(run_dir / "eval.json"), read_json(run_dir / "bill.json")
-    out = {"val": ev.get("val") or {}, "test": ev.get("test") or {}, "stop_reason": ev.get("stop_reason"),
-           "steps": bill.get("steps"), "energy_method": bill.get("energy", {}).get("method"),
-           "fit_energy_j": ((bill.get("energy", {}).get("windows") or {}).get("fit") or {}).get("energy_j")}
-    for name, path in COSTS.items():
-        v = bill
-        for p in path:
-            v = v.get(p) if isinstance(v, dict) else None
-        out[name] = v
-    return out
-
-
-def value_of(m: dict, name: str, split: str) -> Optional[float]:
-    v = m.get(name) if name in COSTS else m.get(split, {}).get(name)
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
 class Pruning(Callback):
     """Reports the validation metric to the trial's twin after each evaluation (step: samples seen),
     and stops training at this boundary when its pruner says so."""
@@ -137,9 +115,9 @@ class Sweep:
     def create(cls, recipe: str, space: dict, *, overrides=(), out=None, trials=20, objectives=("accuracy:max",
                "energy_j:min"), target=None, split="val", storage=None, seed=0, pruner="median",
                baseline=False) -> "Sweep":
-        from .recipe import _read, apply_overrides, load_recipe
+        from ..recipe import read_raw, apply_overrides, load_recipe
 
-        base = apply_overrides(_read(recipe), list(overrides))
+        base = apply_overrides(read_raw(recipe), list(overrides))
         name = load_recipe(base).name
         dims = parse_space(space, "--space")
         check_space(dims, base, "--space")
@@ -268,7 +246,7 @@ class Sweep:
         return n
 
     def run_trial(self, trial, shadow, say=print) -> None:
-        from . import api
+        from ..train import lifecycle
 
         optuna = _optuna()
         study, twin = self.studies()
@@ -281,10 +259,10 @@ class Sweep:
             if retry and (Path(retry) / "checkpoints").is_dir() and any((Path(retry) / "checkpoints").iterdir()):
                 out = Path(retry)
                 trial.set_user_attr("run_dir", str(out))
-                api.resume(out, callbacks=[cb])
+                lifecycle.resume(out, callbacks=[cb])
             else:
                 trial.set_user_attr("run_dir", str(out))
-                api.train(self.cfg["base"], own, out=out, callbacks=[cb])
+                lifecycle.train(self.cfg["base"], own, out=out, callbacks=[cb])
             m = measured(out)
         except (PowertrainError, RuntimeError, ValueError) as e:  # a bad corner of the space: this trial fails
             trial.set_user_attr("error", str(e).splitlines()[0][:300])
@@ -319,16 +297,16 @@ class Sweep:
 
     def run_baseline(self, say=print) -> None:
         """The recipe as it is, in SWEEP_DIR/baseline (resumed if a crash cut it short)."""
-        from . import api
+        from ..train import lifecycle
 
         out = self.path / "baseline"
         if (out / "eval.json").is_file():
             return
         say("baseline: training the recipe as it is")
         if (out / "recipe.yaml").is_file():
-            api.resume(out, callbacks=[])
+            lifecycle.resume(out, callbacks=[])
         else:
-            api.train(self.cfg["base"], [], out=out, callbacks=[])
+            lifecycle.train(self.cfg["base"], [], out=out, callbacks=[])
 
 
 def _suggest(dims: list[Dim], trial) -> list[str]:
@@ -362,8 +340,6 @@ def trial_line(number: int, overrides: list[str], m: dict, objectives, split: st
 
 def run_sweep(sweep: Sweep, workers: int = 1, say=print) -> dict:
     """Baseline (if asked), then the trials on `workers` processes, then the summary."""
-    from .sweep_report import summarize
-
     if sweep.cfg["baseline"]:
         sweep.run_baseline(say)
     if workers <= 1:

@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data, models
+from .. import data, models
 from .engine import Trainer
-from .errors import RecipeError
-from .hardware import resolve_device
-from .measure import forward_flops
-from .recipe import Recipe, TrainConfig
+from ..errors import RecipeError
+from ..measure.hardware import resolve_device
+from ..measure import forward_flops
+from ..recipe import Recipe, TrainConfig
 
 TASKS = ("multiclass", "language_model")
 
@@ -173,7 +173,7 @@ class Distiller(Trainer):
         super().load_state_dict(state)
         self.cache_builds += int(state.get("distill_cache_builds", 0))
         if self.meter and self._cache_window is not None and self.dist.is_main:
-            from .measure import WindowTotals
+            from ..measure import WindowTotals
 
             self.meter._totals.setdefault("fit", WindowTotals("fit")).add(self._cache_window)
 
@@ -206,8 +206,8 @@ class Distiller(Trainer):
 def load_teacher(run_dir: str | Path, student: Recipe, student_meta) -> tuple[nn.Module, Path]:
     """The teacher run's model with its final weights, and its path. Refuses (one line) a missing or
     unfinished run, a quantized one, another number of classes, or a language model on another vocabulary."""
-    from . import checkpoint
-    from .rundir import RunDir
+    from ..run import checkpoint
+    from ..run.rundir import RunDir
     from .transfer import final_weights_file
 
     what = "train.distill.teacher"
@@ -235,8 +235,8 @@ def load_teacher(run_dir: str | Path, student: Recipe, student_meta) -> tuple[nn
 def bill_blocks(trainer: Distiller, bill: dict, teacher_dir: Path) -> dict:
     """The "teacher" and "distill" blocks of a distilled run's bill: the teacher's per-sample figures
     from its own bill.json beside the student's, and the teacher FLOPs this training spent."""
-    from .errors import RunDirError
-    from .rundir import RunDir
+    from ..errors import RunDirError
+    from ..run.rundir import RunDir
 
     run = RunDir(teacher_dir)
     try:

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import RecipeError
+from ..errors import RecipeError
 
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
 _owned_group = False  # True when powertrain initialised the default process group (it destroys it too)
@@ -211,7 +211,7 @@ def shard_batches(split, order: torch.Tensor, batch_size: int, start: int, rank:
     that a split derives from the whole order (a text split's window offset) stays the same as in one
     process. A DataLoader split loads only this rank's samples. An empty share comes back as one
     sample of the batch with local samples 0 (the caller weights it 0)."""
-    from .data import LoaderSplit
+    from ..data import LoaderSplit
 
     if isinstance(split, LoaderSplit):
         yield from _loader_shards(split, order, batch_size, start, rank, world)
@@ -271,15 +271,14 @@ def scale_grad(outputs: Any, scale: float) -> Any:
 
 
 # ---------------------------------------------------------------- wrapping the model
-BLOCK_TYPES: tuple[type, ...] = ()
+BLOCK_TYPES: tuple[type, ...] = ()  # your own block classes, for a model of your own
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of `model` (powertrain's Block, or any module listed in BLOCK_TYPES)."""
-    from .models.transformer import Block
-
-    kinds = (Block, *BLOCK_TYPES)
-    return [m for m in model.modules() if isinstance(m, kinds)]
+    """The transformer blocks of `model`: modules whose class says `shard_unit = True` (the gpt and
+    transformer families' Block does), or is listed in BLOCK_TYPES. Each is the unit that activation
+    checkpointing recomputes and FSDP shards; the model tells, the strategy imports no model."""
+    return [m for m in model.modules() if getattr(type(m), "shard_unit", False) or isinstance(m, BLOCK_TYPES)]
 
 
 def checkpoint_activations(model: nn.Module) -> int:
@@ -334,7 +333,7 @@ def describe_devices(device: torch.device) -> list[dict]:
     """[{rank, node, device}] of every rank (a collective)."""
     import socket
 
-    from .hardware import device_name
+    from ..measure.hardware import device_name
 
     me = {"rank": dist.get_rank() if dist.is_initialized() else 0, "node": socket.gethostname(),
           "node_rank": int(os.environ.get("GROUP_RANK", "0")), "device": str(device),
@@ -363,7 +362,7 @@ def launch(argv: Sequence[str], nproc: int, python: Optional[str] = None) -> int
 def default_out(recipe_name: str) -> Path:
     """The run directory a job writes when no --out is given (made now, empty, so that every restart of
     an elastic job resumes the same directory and two launches in one second get two)."""
-    from .rundir import RunDir
+    from ..run.rundir import RunDir
 
     return RunDir.default_path(recipe_name)
 

@@ -30,19 +30,19 @@ from torch import nn
 
 from . import strategy as strategies
 from .callbacks import Callback, Progress
-from .data import DataBundle
-from .data.augment import augment_batch
-from .errors import NonFiniteLoss, RecipeError
-from .autoprecision import AutoPrecision
-from .hardware import resolve_device, use_tf32
-from .measure import Meter
-from .models.check import check_fit
+from ..data import DataBundle
+from ..data.augment import augment_batch
+from ..errors import NonFiniteLoss, RecipeError
+from .precision import AutoPrecision
+from ..measure.hardware import resolve_device, use_tf32
+from ..measure import Meter
+from ..models.check import check_fit
 from .optim import build_optimizer, build_scheduler, freeze, param_groups
-from .recipe import TrainConfig
-from .rundir import MetricsLog, RunDir
+from ..recipe import TrainConfig
+from ..run.rundir import MetricsLog, RunDir
 from .signals import Deferred, Interrupted
 from .outcome import Outcome
-from .trainstate import TrainState
+from .state import TrainState
 
 
 class Trainer(Outcome, TrainState, AutoPrecision):
@@ -96,7 +96,7 @@ class Trainer(Outcome, TrainState, AutoPrecision):
         self._signals = Deferred()
         self.meter = Meter() if meter is None or meter is True else (meter or None)
         if self.meter and not self.dist.reads_node_counters:
-            from .measure.job import drop_node_counters
+            from ..measure.job import drop_node_counters
 
             drop_node_counters(self.meter)  # local rank 0 reads the node's counters for all
         self.phase_s = {"data": 0.0, "forward_backward": 0.0, "optimizer": 0.0}  # CPU: exact; CUDA: launch time

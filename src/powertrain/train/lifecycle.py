@@ -1,7 +1,7 @@
-"""Rung 1, and the one lifecycle every entry point uses: build (recipe -> data, model, Trainer), fit,
-finish (eval.json, bill.json, the printed bill). train, resume, distill and transfer are `train` or
-`resume` with a recipe; prune and quantize (compress/derived.py), eval, export and generate build with
-`build_trainer` and read the run's final weights from its RunDir.
+"""The one lifecycle every entry point uses: build (recipe -> data, model, Trainer), fit, finish
+(eval.json, bill.json, the printed bill). train, resume, distill and transfer are `train` or
+`resume` with a recipe; prune and quantize (shrink/derived.py), eval, export and generate build with
+`build_trainer` and read the run's final weights from its RunDir (load.py).
 
 >>> import powertrain
 >>> run = powertrain.train("xor", out="/tmp/pt-doctest-xor", callbacks=[])  # doctest: +SKIP
@@ -17,15 +17,15 @@ from typing import Optional
 
 import torch
 
-from . import checkpoint, data, distributed, models, visualize
-from .bill import carbon_model
+from .. import data, models
+from ..errors import RecipeError, RunDirError
+from ..measure import Meter
+from ..measure.bill import carbon_model
+from ..measure.hardware import environment, resolve_device
+from ..recipe import Recipe, load_recipe, parse_recipe
+from ..run.rundir import RunDir
+from . import distributed, figures
 from .engine import Trainer
-from .errors import RecipeError, RunDirError
-from .hardware import environment, resolve_device
-from .measure import Meter
-from .metrics import loss_names
-from .recipe import Recipe, load_recipe
-from .rundir import RunDir
 from .signals import Interrupted
 
 
@@ -97,8 +97,6 @@ def with_parent(recipe: Recipe) -> Recipe:
     if kd is not None:
         raw["train"]["distill"]["teacher"] = str(Path(kd.teacher).expanduser().resolve())
     raw["run"]["parent"] = raw["run"].get("parent") or init or raw["train"]["distill"]["teacher"]
-    from .recipe import parse_recipe
-
     return parse_recipe(raw)
 
 
@@ -118,9 +116,9 @@ def _fit(trainer: Trainer, recipe: Recipe, run: RunDir) -> Run:
                   f"resume with: powertrain resume {run.path}", file=sys.stderr, flush=True)
         raise
     results = trainer.results
-    figures = visualize.run_figures(trainer, run.path) if main else []  # reconstructions.png (+ samples.png: VAE)
-    if figures:
-        results["figures"] = [p.name for p in figures]
+    drawn = figures.run_figures(trainer, run.path) if main else []  # reconstructions.png (+ samples.png: VAE)
+    if drawn:
+        results["figures"] = [p.name for p in drawn]
         run.write("eval", results)
     if main:
         from . import loggers
@@ -245,34 +243,3 @@ def _flat(recipe: Recipe, keys: list[str]):
         for part in key.split("."):
             v = v.get(part) if isinstance(v, dict) else None
         yield key, v
-
-
-def evaluate(run_dir: str | Path, split: str = "test", checkpoint: Optional[str] = None) -> dict:
-    """Recompute a split's metrics from the run's final weights (or the checkpoint named, e.g.
-    'step-00000040'). A damaged newest checkpoint is refused, naming the file and the older one."""
-    from .compress.derived import load_model
-
-    run = RunDir.open(run_dir)
-    if run.kind == "quantized" and not checkpoint:
-        trainer = load_model(run.path)[2]
-    else:
-        trainer = load_trainer(run, checkpoint)
-    metrics = trainer.evaluate(split)
-    metrics.update(loss_names(trainer.model, trainer.task, metrics["loss"]))  # as in eval.json: mse, elbo_nats
-    return metrics
-
-
-def load_trainer(run: RunDir, checkpoint_name: Optional[str] = None, teacher: bool = False) -> Trainer:
-    """A Trainer (writing nothing) of a run's recipe holding the run's final weights, or the named checkpoint's."""
-    distributed.init_process_group()
-    weights = distributed.on_main(lambda: str(run.final_weights(checkpoint_name)))
-    recipe = run.recipe()
-    if Path(weights).is_dir() and checkpoint.is_sharded(Path(weights)):  # FSDP: loaded by its strategy
-        trainer = build_trainer(recipe, run, callbacks=[], teacher=teacher)
-        trainer.resume(Path(weights).name)
-        return trainer
-    trainer = build_trainer(recipe, run, callbacks=[], teacher=teacher, writes=False)
-    trainer.adopt_recorded_precision(run.read("bill", required=False))  # 'auto': as the run's probe decided
-    trainer.strategy.load_best(Path(weights) if Path(weights).is_file() else Path(weights) / "model.safetensors",
-                               trainer.model, trainer.device)
-    return trainer

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 from .callbacks import Callback
-from .errors import RecipeError, need_extra
+from ..errors import RecipeError, need_extra
 
 _OPEN: "weakref.WeakSet[RunLogger]" = weakref.WeakSet()  # closed at interpreter exit if nobody did
 
@@ -96,8 +96,8 @@ class RunLogger(Callback):
             self._thread = threading.Thread(target=self._work, name=type(self).__name__, daemon=True)
             self._thread.start()
             _OPEN.add(self)
-        from .bill import PRECISION_DTYPE
-        from .measure import peak_for
+        from ..measure.bill import PRECISION_DTYPE
+        from ..measure import peak_for
 
         self._peak = peak_for(trainer.device, PRECISION_DTYPE.get(trainer.precision, "fp32"), measure=False)
         self._in_fit = True

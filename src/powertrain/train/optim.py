@@ -22,8 +22,8 @@ from typing import Optional
 
 import torch
 
-from .errors import RecipeError
-from .recipe import TrainConfig
+from ..errors import RecipeError
+from ..recipe import TrainConfig
 
 
 def _names_hint(names: list[str]) -> str:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from .measure import forward_flops, train_step_flops
+from ..measure import forward_flops, train_step_flops
 from .metrics import TaskMetrics
 
 
@@ -138,10 +138,11 @@ class Outcome:
     def bill(self) -> dict:
         """The bill of this Trainer so far (bill.make_bill over the Meter's totals and `bill_record`).
         In a job every rank calls it (a collective) and all get the job's bill."""
-        from .bill import make_bill
-        from .measure.job import job_totals
+        from ..measure.bill import make_bill
+        from ..measure.job import job_totals
+        from .distributed import gather_objects
 
-        totals = job_totals(self.meter, self.dist.enabled)
+        totals = job_totals(self.meter, gather_objects if self.dist.enabled else None)
         record = self.bill_record()  # both collectives in a job: every rank takes part
         if not self.dist.is_main:
             return {"rank": self.dist.rank, "note": "the job's bill is rank 0's"}
@@ -152,9 +153,9 @@ class Outcome:
 
     def bill_record(self):
         """The plain figures a bill needs besides the Meter's totals."""
-        from .bill import BillRecord
+        from ..measure.bill import BillRecord
+        from ..models import count_params
         from .distributed import describe_devices
-        from .models import count_params
 
         per_step = self._step_flops.get(self.strategy.local(self.batch_size_at(0)), 0)
         job = {"world_size": 1}

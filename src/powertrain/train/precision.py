@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .hardware import cpu_has_native_bf16, resolve_precision
+from ..measure.hardware import cpu_has_native_bf16, resolve_precision
 
 SPEEDUP_BAR = 1.10  # bf16 must be at least this much faster than fp32 to be picked
 SHORT_RUN_S = 10.0  # expected training time below which 'auto' keeps fp32 without the full probe

@@ -36,8 +36,9 @@ from torch import nn
 
 from .callbacks import Callback
 from .engine import Trainer
-from .errors import RecipeError, need_extra
-from .recipe import PrivacyConfig, TrainConfig
+from ..errors import RecipeError, need_extra
+from ..recipe import PrivacyConfig, TrainConfig
+from ..recipe.schema import check_privacy
 
 ACCOUNTANTS = {"rdp": "Renyi DP (Mironov 2017; Opacus RDPAccountant), converted to (epsilon, delta)",
                "prv": "privacy loss random variables (Gopi et al. 2021; Opacus PRVAccountant), an upper bound"}
@@ -130,30 +131,6 @@ def unwrap(split):
 
 
 # ---------------------------------------------------------------- the trainer
-REFUSED = {  # TrainConfig keys that cannot go with DP-SGD: why, and the fix
-    "grad_clip": ("DP-SGD clips each sample's gradient at train.privacy.max_grad_norm", "remove train.grad_clip"),
-    "compile": ("Opacus's per-sample-gradient hooks do not run under torch.compile", "set train.compile=false"),
-    "activation_checkpointing": ("recomputed activations would reach Opacus's hooks twice",
-                                 "set train.activation_checkpointing=false"),
-}
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """One-line refusals of settings DP-SGD cannot take (before anything is built)."""
-    for key, (why, fix) in REFUSED.items():
-        if getattr(cfg, key):
-            raise RecipeError(f"train.{key}: {why}; {fix} to train with train.privacy")
-    if cfg.strategy in ("ddp", "fsdp"):
-        raise RecipeError(f"train.strategy: {cfg.strategy} is not supported with train.privacy (Poisson sampling and "
-                          f"the accountant run in one process here); train a private run with one process")
-    if cfg.distill is not None:
-        raise RecipeError("train.distill: distillation with train.privacy is not supported (the teacher's logits would "
-                          "need their own privacy analysis); remove one of them")
-    if cfg.precision == "fp16":
-        raise RecipeError("train.precision: fp16 with a gradient scaler is not supported with train.privacy; "
-                          "use fp32 or bf16")
-
-
 class _EpsilonLog(Callback):
     """Logs the epsilon spent at the end of every epoch (and at the last step) to metrics.jsonl, and puts
     it in the progress line. Written before the step's checkpoint, so a resumed run writes each once."""
@@ -180,7 +157,7 @@ class PrivateTrainer(Trainer):
         if config.privacy is None:
             raise RecipeError("train.privacy: not set; a PrivateTrainer needs e.g. train.privacy.epsilon=8")
         opacus()
-        check_config(config)
+        check_privacy(config)
         self.privacy: PrivacyConfig = config.privacy
         model, self.model_changes = private_model(model)
         self._batch_sizes: list[int] = []  # samples in each step's Poisson batch, over resumes
@@ -274,7 +251,7 @@ class PrivateTrainer(Trainer):
     def _count_private_flops(self) -> None:
         """FLOPs of one private step per sample (forward, backward with per-sample gradients, clipping and
         the clipped sum), counted once on a batch of the expected size; RNG and gradients left as found."""
-        from .measure import count_flops
+        from ..measure import count_flops
 
         split = unwrap(self.data.train)
         k = min(self.expected_batch_size, len(split))
@@ -398,4 +375,4 @@ class PrivateTrainer(Trainer):
         }
 
 
-__all__ = ["PrivateTrainer", "PoissonSplit", "private_model", "check_config", "unwrap"]
+__all__ = ["PrivateTrainer", "PoissonSplit", "private_model", "check_privacy", "unwrap"]

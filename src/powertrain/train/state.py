@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .errors import RunDirError
-from .rundir import MetricsLog
+from ..errors import RunDirError
+from ..run.rundir import MetricsLog
 
 
 class TrainState:
@@ -23,8 +23,8 @@ class TrainState:
         self._owns_lock = self.run._lock_fd is None  # api.train holds it already; a rung-2 run takes it here
         self.run.lock()
         if not self.run.env_file.exists():
-            from .atomic import write_json
-            from .hardware import environment
+            from ..run.atomic import write_json
+            from ..measure.hardware import environment
 
             write_json(self.run.env_file, environment(self.device))
         return self.run.metrics_log()
@@ -59,7 +59,7 @@ class TrainState:
             state = self.meter.state_dict()
         if self.dist.enabled:  # the job's totals: rank 0 restores them on resume, the other ranks start from 0
             from .distributed import gather_objects
-            from .measure.job import merge_meter_states
+            from ..measure.job import merge_meter_states
 
             state = merge_meter_states(gather_objects(state))
         return state
@@ -120,7 +120,7 @@ class TrainState:
         return True
 
     def _checkpoint_to_load(self, name: Optional[str]) -> Optional[str]:
-        from .checkpoint import validate
+        from ..run.checkpoint import validate
 
         if name:
             return str(self.run.final_weights(name))

@@ -21,7 +21,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from . import checkpoint, distributed
+from ..run import checkpoint
+from . import distributed, sharded
 from .distributed import Dist
 
 
@@ -191,18 +192,18 @@ class FSDP(DDP):
         return distributed.wrap_fsdp(model, device, precision)
 
     def save(self, folder, model, optimizer, state):
-        return checkpoint.save_sharded(folder, model, optimizer, {**state, "optimizer": None}, self.dist.is_main)
+        return sharded.save_sharded(folder, model, optimizer, {**state, "optimizer": None}, self.dist.is_main)
 
     def load(self, folder, model, optimizer, device):
         if not checkpoint.is_sharded(folder):  # a checkpoint of a single process or DDP run
             return super().load(folder, model, optimizer, device)
-        return checkpoint.load_sharded(folder, model, optimizer, self.dist.is_main)
+        return sharded.load_sharded(folder, model, optimizer, self.dist.is_main)
 
     def save_best(self, path, model):
-        checkpoint.save_full_weights(model, path, self.dist.is_main)
+        sharded.save_full_weights(model, path, self.dist.is_main)
 
     def load_best(self, path, model, device):
-        checkpoint.load_full_weights(model, path, self.dist.is_main)
+        sharded.load_full_weights(model, path, self.dist.is_main)
 
 
 def make(name: str = "auto") -> Single:

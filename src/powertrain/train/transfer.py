@@ -31,9 +31,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import checkpoint
-from .errors import RecipeError, RunDirError
-from .rundir import RunDir
+from ..run import checkpoint
+from ..errors import RecipeError, RunDirError
+from ..run.rundir import RunDir
 
 def final_weights_file(run_dir: str | Path, what: str = "model.init_from") -> Path:
     """The safetensors file holding a run's final weights (those its metrics were reported with)."""

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import RecipeError
+from ..errors import RecipeError
 
 AT_FPR = 0.01
 BOOTSTRAP = 1000
@@ -112,7 +112,7 @@ def bootstrap(members: np.ndarray, nonmembers: np.ndarray, reps: int = BOOTSTRAP
 
 def dp_bounds(epsilon: float, delta: float) -> dict:
     """What (epsilon, delta)-DP allows any membership test: advantage, TPR at 1% FPR, ROC AUC."""
-    from .trust_plots import dp_roc_bound
+    from .figures import dp_roc_bound
 
     e = math.exp(min(epsilon, 700.0))
     grid = np.linspace(0, 1, 20001)
@@ -128,7 +128,7 @@ def audit_trainer(trainer, n: Optional[int] = 5000, nonmember_split: Optional[st
                   reps: int = BOOTSTRAP, privacy: Optional[dict] = None) -> tuple[dict, np.ndarray, np.ndarray]:
     """The attack on a Trainer's model: (figures, member scores, non-member scores). Scores are minus
     the loss (higher: more likely a member)."""
-    from .privacy import unwrap
+    from ..train.privacy import unwrap
 
     members_split = unwrap(trainer.data.train)
     name = nonmember_split or ("test" if trainer.data.test is not None else "val")
@@ -170,16 +170,16 @@ def audit(run_dir: str | Path, n: Optional[int] = 5000, nonmembers: Optional[str
           checkpoint: Optional[str] = None, reps: int = BOOTSTRAP) -> dict:
     """Run the membership-inference audit on a run's final weights; write audit.json and audit-roc.png
     into the run directory; returns audit.json's content."""
-    from .api import load_trainer
-    from .bill import BillRecord, carbon_model, make_bill
-    from .measure import Meter
-    from .models import count_params
-    from .rundir import RunDir
-    from .trust_plots import roc_picture
+    from ..train.load import load_trainer
+    from ..measure.bill import BillRecord, carbon_model, make_bill
+    from ..measure import Meter
+    from ..models import count_params
+    from ..run.rundir import RunDir
+    from .figures import roc_picture
 
     run = RunDir.open(run_dir)
     if run.kind == "quantized" and checkpoint is None:
-        from .compress.derived import load_model
+        from ..train.load import load_model
 
         trainer = load_model(run.path)[2]
     else:
@@ -225,7 +225,7 @@ __all__ = ["audit", "audit_trainer", "auc", "tpr_at_fpr", "dp_bounds", "bootstra
 
 def format_audit(r: dict) -> str:
     """audit.json as a few lines."""
-    from .bill import _si
+    from ..measure.bill import _si
 
     def ci(key):
         lo, hi = r[f"{key}_ci95"]

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import RecipeError, need_extra
+from ..errors import RecipeError, need_extra
 
 METHODS = ("saliency", "integrated_gradients", "occlusion")
 FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # of the input features removed in the deletion test
@@ -56,7 +56,7 @@ def count_flops(fn: Callable, *args, **kwargs) -> tuple:
     FLOPs are None where counting fails (the work is still timed and its energy measured)."""
     from torch.utils import flop_counter
 
-    from .measure.flops import FLOP_FORMULAS
+    from ..measure.flops import FLOP_FORMULAS
 
     class GlobalCounter(flop_counter.FlopCounterMode):
         def __enter__(self):
@@ -344,12 +344,12 @@ def explain(run_dir: str | Path, methods=METHODS, split: Optional[str] = None, n
             checkpoint: Optional[str] = None, seed: int = 0, checks: bool = True) -> dict:
     """Explain `n` samples of a run's `split` (default test, else val) with each method, check the maps, bill the work, and write
     explain.json and explain.png into the run directory. Returns explain.json's content."""
-    from .api import load_trainer
-    from .bill import BillRecord, carbon_model, make_bill
-    from .measure import Meter
-    from .models import count_params
-    from .rundir import RunDir
-    from .trust_plots import explain_picture
+    from ..train.load import load_trainer
+    from ..measure.bill import BillRecord, carbon_model, make_bill
+    from ..measure import Meter
+    from ..models import count_params
+    from ..run.rundir import RunDir
+    from .figures import explain_picture
 
     captum()
     methods = list(methods)
@@ -366,7 +366,7 @@ def explain(run_dir: str | Path, methods=METHODS, split: Optional[str] = None, n
     trainer = load_trainer(run, checkpoint)
     model = trainer.model.eval().requires_grad_(False)
     meta = trainer.data.meta
-    from .privacy import unwrap
+    from ..train.privacy import unwrap
 
     split = split or ("test" if trainer.data.test is not None else "val")
     data_split = unwrap(trainer.data.split(split))
@@ -453,7 +453,7 @@ __all__ = ["explain", "attribute", "deletion_test", "randomized_copy", "build_ta
 
 def format_explain(r: dict) -> str:
     """explain.json as a few lines: per method, the checks' verdicts and numbers; then the cost."""
-    from .bill import _si
+    from ..measure.bill import _si
 
     lines = [f"explained {r['n']} {r['split']} samples ({r['kind']}; target: {r['target']} class where there are "
              f"classes; {r['explained']})"]

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .atomic import atomic_write
+from ..run.atomic import atomic_write
 
 SIGNED = {"saliency": False, "integrated_gradients": True, "occlusion": True}
 TITLES = {"saliency": "saliency |grad|", "integrated_gradients": "integrated gradients", "occlusion": "occlusion"}
@@ -70,7 +70,7 @@ def _norm(a: np.ndarray, signed: bool) -> tuple[np.ndarray, float, float]:
 
 
 def _images(path, task, maps, meta) -> Path:
-    from .visualize import _to_pixels
+    from ..train.figures import _to_pixels
 
     plt = _plt()
     n = min(8, len(task.x))

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..errors import RecipeError, RunDirError, need_extra
+from ...errors import RecipeError, RunDirError, need_extra
 
 AO_MODES = ("ao-weight", "ao-dynamic")
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import RunDirError
+from ...errors import RunDirError
 
 
 @contextlib.contextmanager

@@ -1,0 +1,49 @@
+"""`powertrain explain | audit`: can the run be trusted."""
+from __future__ import annotations
+
+from .common import CHECKPOINT_HELP, number
+
+
+def cmd_explain(args) -> int:
+    from ..trust.explain import METHODS, explain, format_explain
+
+    methods = [m.strip() for arg in (args.method or [",".join(METHODS)]) for m in arg.split(",") if m.strip()]
+    r = explain(args.run_dir, methods, split=args.split, n=number(args.n, "--n", int, "a whole number >= 2"),
+                target=args.target, checkpoint=args.checkpoint, seed=number(args.seed, "--seed", int, "a whole number"),
+                checks=args.checks)
+    print(format_explain(r))
+    print(f"written: {args.run_dir}/explain.json, {args.run_dir}/{r['picture']}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from ..trust.audit import audit, format_audit
+
+    r = audit(args.run_dir, n=number(args.n, "--n", int, "a whole number >= 10"), nonmembers=args.nonmembers,
+              seed=number(args.seed, "--seed", int, "a whole number"), checkpoint=args.checkpoint)
+    print(format_audit(r))
+    print(f"written: {args.run_dir}/audit.json, {args.run_dir}/{r['picture']}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    ex = sub.add_parser("explain", help="attribute a run's predictions to its inputs (Captum), check the maps, bill it")
+    ex.add_argument("run_dir")
+    ex.add_argument("--method", action="append", help="saliency, integrated_gradients, occlusion (repeat, or a comma "
+                                                     "list; default: all three)")
+    ex.add_argument("--split", choices=["train", "val", "test"], help="samples to explain (default test, else val)")
+    ex.add_argument("--n", default="16", help="samples to explain and check (default 16)")
+    ex.add_argument("--target", default="predicted", choices=["predicted", "true"], help="class explained (default predicted)")
+    ex.add_argument("--seed", default="0", help="which samples, and the random parts of the checks (default 0)")
+    ex.add_argument("--no-checks", dest="checks", action="store_false", help="only the maps: no deletion, "
+                                                                            "randomisation, infidelity, sensitivity")
+    ex.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    ex.set_defaults(func=cmd_explain)
+
+    au = sub.add_parser("audit", help="membership-inference audit of a run: AUC, TPR at 1%% FPR, the bound of its privacy")
+    au.add_argument("run_dir")
+    au.add_argument("--n", default="5000", help="members and non-members each, at most (default 5000)")
+    au.add_argument("--nonmembers", choices=["val", "test"], help="held-out split (default test, else val)")
+    au.add_argument("--seed", default="0", help="which samples, and the bootstrap's draws (default 0)")
+    au.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    au.set_defaults(func=cmd_audit)
