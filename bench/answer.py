@@ -36,8 +36,8 @@ def _where() -> str:
 
 
 def sweep(root: Path, trials: int) -> None:
-    from powertrain.sweep import Sweep
-    from powertrain.sweep_report import format_summary, summarize
+    from powertrain.study.sweep import Sweep
+    from powertrain.study.summary import format_summary, summarize
 
     out = root / "sweep-mnist1d"
     s = Sweep(out) if (out / "sweep.json").exists() else Sweep.create(
@@ -72,8 +72,8 @@ def sweep(root: Path, trials: int) -> None:
 
 
 def scale(root: Path) -> None:
-    from powertrain.plan import format_plan, plan
-    from powertrain.scale import format_fit, scale as run_scale
+    from powertrain.study.plan import format_plan, plan
+    from powertrain.study.scale import format_fit, scale as run_scale
 
     t0 = time.perf_counter()
     fit = run_scale("gpt-stdlib", SIZES, BUDGETS, out=root / "scale-gpt", overrides=GPT)

@@ -28,9 +28,9 @@ import torch
 
 import powertrain
 from powertrain import Callback, api
-from powertrain.hardware import environment
-from powertrain.loggers import MLflowLogger, RunLogger, TensorBoardLogger
-from powertrain.rundir import RunDir
+from powertrain.measure.hardware import environment
+from powertrain.train.loggers import MLflowLogger, RunLogger, TensorBoardLogger
+from powertrain.run.rundir import RunDir
 
 from docs_section import write_section
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import powertrain
 from powertrain import Callback, Trainer, data, models
-from powertrain.callbacks import Progress
+from powertrain.train.callbacks import Progress
 
 from docs_section import write_section
 

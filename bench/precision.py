@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 import powertrain
-from powertrain import Trainer, autoprecision, data, models
-from powertrain.hardware import cpu_has_native_bf16
+from powertrain import Trainer, data, models
+from powertrain.train import precision as autoprecision
+from powertrain.measure.hardware import cpu_has_native_bf16
 
 from docs_section import write_section
 

@@ -28,10 +28,10 @@ import torch
 import yaml
 
 import powertrain
-from powertrain.compress import export, load_model, prune, prune_channels, quantize
-from powertrain.compress.infer_cost import inference_cost
+from powertrain.shrink import export, load_model, prune, prune_channels, quantize
+from powertrain.shrink.infer_cost import inference_cost
 from powertrain.measure import forward_flops
-from powertrain.rundir import RunDir
+from powertrain.run.rundir import RunDir
 from powertrain.errors import PowertrainError
 
 from docs_section import write_section

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 import powertrain
-from powertrain.audit import audit
-from powertrain.explain import explain
+from powertrain.trust.audit import audit
+from powertrain.trust.explain import explain
 from powertrain.measure import reset_peak_memory
 
 from docs_section import write_section

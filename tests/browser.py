@@ -183,7 +183,7 @@ def check_report(run_dir, want: set = frozenset(), screenshot: Optional[Path] = 
     still rendered and its sections checked in the HTML (CI has chromium: .ci/run installs it)."""
     import re
 
-    from powertrain.report_html import report
+    from powertrain.report.html import report
 
     path = report([run_dir], out=Path(tempfile.mkdtemp(prefix="pt-report-")) / f"{Path(run_dir).name}.html")
     need = BASE_SECTIONS | set(want)

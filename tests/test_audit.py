@@ -10,7 +10,7 @@ from torch import nn
 
 import powertrain
 from powertrain import DataBundle, TrainConfig, Trainer
-from powertrain.audit import auc, audit_trainer, dp_bounds, tpr_at_fpr
+from powertrain.trust.audit import auc, audit_trainer, dp_bounds, tpr_at_fpr
 from powertrain.cli import main
 
 
@@ -34,7 +34,7 @@ def test_dp_bound_closed_form():
     assert b["advantage"] == pytest.approx((e - 1 + 2e-5) / (e + 1))
     assert b["tpr_at_1pct_fpr"] == pytest.approx(e * 0.01 + 1e-5)
     fpr = np.linspace(0, 1, 100001)  # the bound curve's largest TPR - FPR is the advantage bound
-    from powertrain.trust_plots import dp_roc_bound
+    from powertrain.trust.figures import dp_roc_bound
 
     assert np.max(dp_roc_bound(fpr, 1.0, 1e-5) - fpr) == pytest.approx(b["advantage"], abs=1e-4)
     assert 0.5 < b["auc"] < 1 and dp_bounds(1e-9, 0.0)["auc"] == pytest.approx(0.5, abs=1e-4)

@@ -11,12 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 import powertrain
-from powertrain import Callback, Trainer, autoprecision
+from powertrain import Callback, Trainer
+from powertrain.train import precision as autoprecision
 from powertrain.api import load_trainer
-from powertrain.callbacks import Progress
+from powertrain.train.callbacks import Progress
 from powertrain.data import DataBundle
 from powertrain.recipe import TrainConfig
-from powertrain.rundir import RunDir
+from powertrain.run.rundir import RunDir
 
 ARGS = ["train.epochs=2", "train.checkpoint_every_steps=5", "train.log_every=4"]  # digits-mlp: dropout, 21 steps/epoch
 

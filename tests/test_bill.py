@@ -10,8 +10,8 @@ import pytest
 import powertrain
 from powertrain import Callback
 from powertrain.measure import EnergyBackend, EstimateBackend, Meter
-from powertrain.plan import chinchilla, plan
-from powertrain.report import pareto_front
+from powertrain.study.plan import chinchilla, plan
+from powertrain.report.compare import pareto_front
 
 ARGS = ["train.epochs=2", "train.checkpoint_every_steps=5"]
 
@@ -116,7 +116,7 @@ def test_pareto_front():
 
 def test_compare_keeps_one_front_per_dataset(digits_run, tmp_path):
     """A 4/4 XOR run is cheaper and 'more accurate' than any digits run, but must not dominate them."""
-    from powertrain.report import compare, table
+    from powertrain.report.compare import compare, table
 
     xor = powertrain.train("xor", ["train.epochs=400"], out=tmp_path / "x", callbacks=[]).dir
     rows, _ = compare([digits_run.dir, xor])

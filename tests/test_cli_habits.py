@@ -16,9 +16,9 @@ import pytest
 import powertrain
 from powertrain import data
 from powertrain.errors import DataError
-from powertrain.predict import predict
+from powertrain.infer.predict import predict
 from powertrain.cli import EXAMPLES, main, parser
-from powertrain.rundir import RunDir
+from powertrain.run.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
@@ -86,7 +86,7 @@ def test_runs_lists_every_state_newest_first(runs, tmp_path, capsys):
     for p in (folder / "a-complete" / "env.json", failed / "env.json"):  # ages: the failed one is newer
         p.touch()
         time.sleep(0.02)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom powertrain.rundir import RunDir\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom powertrain.run.rundir import RunDir\n"
                                "RunDir(sys.argv[1]).lock(); print('locked', flush=True); time.sleep(60)", str(folder / "a-complete")],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -97,7 +97,7 @@ def test_runs_lists_every_state_newest_first(runs, tmp_path, capsys):
         (training / "eval.json").unlink()
         time.sleep(0.02)
         (training / "env.json").touch()  # the newest
-        holder2 = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom powertrain.rundir import RunDir\n"
+        holder2 = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom powertrain.run.rundir import RunDir\n"
                                     "RunDir(sys.argv[1]).lock(); print('locked', flush=True); time.sleep(60)", str(training)],
                                    stdout=subprocess.PIPE, text=True)
         assert holder2.stdout.readline().strip() == "locked"
@@ -153,7 +153,7 @@ def test_predict_npy_standardises_raw_inputs_as_training_did_and_bills_the_infer
 def test_predict_csv_by_column_name_image_and_prompt(runs, tmp_path, capsys):
     import csv
 
-    src = Path(powertrain.__file__).parent / "recipes" / "data" / "breast_cancer.csv"
+    src = Path(powertrain.__file__).parent / "recipe" / "builtin" / "data" / "breast_cancer.csv"
     rows = list(csv.reader(open(src)))
     head = rows[0]
     order = list(reversed(range(len(head))))  # columns in another order, the target among them
@@ -191,7 +191,7 @@ def _numbers_csv(path: Path, n: int, width: int) -> Path:
 # ---------------------------------------------------------------- plan
 def test_plan_takes_the_cpu_and_never_rounds_to_nothing(monkeypatch, capsys):
     from powertrain.measure import Peak
-    from powertrain.plan import human_energy, human_time
+    from powertrain.study.plan import human_energy, human_time
 
     fake = Peak(device="cpu: Test CPU (2 threads)", dtype="fp32", flops_per_s=1.5e11, source="measured: test")
     monkeypatch.setattr("powertrain.measure.cpu_peak", lambda dtype="fp32", *a, **k: fake)

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 import powertrain
-from powertrain.compress import load_model, quantize
-from powertrain.compress.ao import quantize_ao
-from powertrain.compress.quantize import format_report, quantize_model
+from powertrain.shrink import load_model, quantize
+from powertrain.models.int8.ao import quantize_ao
+from powertrain.models.int8 import quantize_model
+from powertrain.shrink.quantize import format_report
 from powertrain.errors import MissingExtra
 
 

@@ -12,9 +12,10 @@ import yaml
 from safetensors.torch import load_file, load_model as load_st
 
 import powertrain
+from powertrain.train import lifecycle
 from powertrain import models
-from powertrain.compress import export
-from powertrain.compress.cli import add_commands
+from powertrain.shrink import export
+from powertrain.cli.shrink import add_commands
 from powertrain.errors import RecipeError
 from powertrain.recipe import parse_recipe
 
@@ -35,7 +36,7 @@ def runs(tmp_path_factory):
 
 def by_hand(run_dir):
     """The run's model rebuilt from recipe.yaml and its newest checkpoint, and 5 of its data samples."""
-    run = powertrain.api.build_trainer(parse_recipe(yaml.safe_load((run_dir / "recipe.yaml").read_text())), None, [])
+    run = lifecycle.build_trainer(parse_recipe(yaml.safe_load((run_dir / "recipe.yaml").read_text())), None, [])
     newest = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
     load_st(run.model, str(newest / "model.safetensors"))
     split = run.data.test or run.data.val

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 import powertrain
-from powertrain.compress import prune
-from powertrain.compress.cli import add_commands
+from powertrain.shrink import prune
+from powertrain.cli.shrink import add_commands
 from powertrain.errors import RecipeError
 
 WEIGHTS = ["1.weight", "4.weight", "7.weight"]  # digits-mlp: Flatten, Linear 64-256, ReLU, Dropout, Linear 256-128, ...
@@ -83,7 +83,7 @@ def test_derived_runs_are_read_by_bill_and_compare(mlp_run, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "derived: c = prune 50% of mlp" in p.stdout and png.read_bytes()[:4] == b"\x89PNG"
-    from powertrain.report import compare
+    from powertrain.report.compare import compare
 
     rows, _ = compare([mlp_run, child])
     own, parent = (json.loads((d / "bill.json").read_text()) for d in (child, mlp_run))

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 import powertrain
-from powertrain.compress import export, load_model, prune, quantize
-from powertrain.compress.cli import add_commands
-from powertrain.compress.quantize import quantize_model
+from powertrain.shrink import export, load_model, prune, quantize
+from powertrain.cli.shrink import add_commands
+from powertrain.models.int8 import quantize_model
 from powertrain.errors import RecipeError, RunDirError
 
 RNN = {"name": "rnn", "hidden": 64, "bidirectional": True, "pool": "mean"}  # as mnist1d-gru, on 8 rows of 8 pixels

@@ -16,9 +16,9 @@ import copy
 
 import powertrain
 from powertrain import data, models
-from powertrain.compress import export, prune_channels, prune_heads
-from powertrain.compress.cli import add_commands
-from powertrain.compress.structured import remove_channels
+from powertrain.shrink import export, prune_channels, prune_heads
+from powertrain.cli.shrink import add_commands
+from powertrain.shrink.structured import remove_channels
 from powertrain.data import DataMeta
 from powertrain.errors import MissingExtra, RecipeError
 
@@ -79,7 +79,7 @@ def test_pruned_run_has_fewer_flops_and_bytes_and_loads_everywhere(runs, tmp_pat
         assert f[name]["energy_method"].startswith(("estimated", "measured", "mixed"))
     saved = json.loads((child / "eval.json").read_text())["test"]
     assert powertrain.evaluate(child)["accuracy"] == pytest.approx(saved["accuracy"])  # eval: rebuilt from the recipe
-    from powertrain.report_html import report as html_report
+    from powertrain.report.html import report as html_report
 
     page = html_report([child], out=tmp_path / "r.html")
     assert "derived from" in (tmp_path / "r.html").read_text() and page
@@ -92,10 +92,10 @@ def test_predict_on_a_pruned_mlp(runs, tmp_path):
     assert powertrain.load_recipe(child / "recipe.yaml").model.hidden == [192, 96]  # 256, 128 less a quarter
     raw = data.build({"name": "digits", "normalize": False}).test.tensors[0][:5].numpy()
     np.save(tmp_path / "x.npy", raw)  # raw pixels: predict standardises them as training did
-    model, _, trainer = powertrain.compress.load_model(child)
+    model, _, trainer = powertrain.shrink.load_model(child)
     with torch.no_grad():
         want = model(trainer.data.test.tensors[0][:5]).argmax(1).tolist()
-    from powertrain.predict import predict
+    from powertrain.infer.predict import predict
 
     result = predict(child, tmp_path / "x.npy")
     assert [int(p["class"]) for p in result["predictions"]] == want
@@ -103,7 +103,7 @@ def test_predict_on_a_pruned_mlp(runs, tmp_path):
 
 
 def test_removed_heads_are_the_parent_with_those_heads_silenced():
-    from powertrain.compress.heads import remove_heads
+    from powertrain.shrink.heads import remove_heads
     from powertrain.measure import forward_flops
     from powertrain.models.transformer import Block
 

@@ -13,10 +13,10 @@ from torch import nn
 import powertrain
 from powertrain import TrainConfig, Trainer, data, models
 from powertrain.cli import main
-from powertrain.distill import Distiller, TeacherLogits, distillation_loss
+from powertrain.train.distill import Distiller, TeacherLogits, distillation_loss
 from powertrain.errors import PowertrainError, RecipeError
-from powertrain.generate import generate
-from powertrain.report import compare, table
+from powertrain.infer.generate import generate
+from powertrain.report.compare import compare, table
 
 QUICK = ["train.epochs=1", "train.batch_size=128", "train.log_every=100", "train.device=cpu"]
 
@@ -160,7 +160,9 @@ def test_distill_nproc_launches_the_same_command_under_torchrun(runs, tmp_path, 
     (tests/test_distributed.py runs such a job and checks it against one process)."""
     root, teacher = runs
     launched = []
-    monkeypatch.setattr("powertrain.distributed.launch", lambda argv, nproc: launched.append((argv, nproc)) or 0)
+    from powertrain.train import distributed
+
+    monkeypatch.setattr(distributed, "launch", lambda argv, nproc: launched.append((argv, nproc)) or 0)
     assert main(["distill", "--teacher", str(teacher), "digits-mlp", "model.hidden=[8]", "--alpha", "0.3",
                  "--nproc", "2", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
     assert launched == [(["distill", "--teacher", str(teacher), "digits-mlp", "model.hidden=[8]", "--alpha=0.3",
@@ -239,7 +241,7 @@ def test_recipes_doc_lists_the_distill_and_init_keys():
     assert "init_from" not in load_recipe("xor").to_dict()["model"]  # unset: recipe.yaml as before
 
 
-@pytest.mark.parametrize("name", ["powertrain.distill", "powertrain.transfer", "powertrain.optim"])
+@pytest.mark.parametrize("name", ["powertrain.train.distill", "powertrain.train.transfer", "powertrain.train.optim"])
 def test_docstring_examples(name):
     import doctest
     import importlib

@@ -22,8 +22,8 @@ import torch
 from safetensors.torch import load_file
 
 import powertrain
-from powertrain import distributed
-from powertrain.rundir import RunDir
+from powertrain.train import distributed
+from powertrain.run.rundir import RunDir
 from powertrain.errors import RecipeError
 from powertrain.measure import EnergyBackend
 
@@ -68,7 +68,7 @@ if os.environ.get("PT_TEST_WATCH"):  # record each file operation of this rank u
     sys.addaudithook(audit)
 if os.environ.get("PT_TEST_SLOW_S"):  # so that a kill lands mid-run
     import time
-    from powertrain.engine import Trainer
+    from powertrain.train.engine import Trainer
     step, pause = Trainer.train_step, float(os.environ["PT_TEST_SLOW_S"])
     Trainer.train_step = lambda self, batch: (time.sleep(pause), step(self, batch))[1]
 """

@@ -135,7 +135,7 @@ def test_dataloader_path_equals_in_memory():
 
 
 def test_precision_auto_is_fp32_on_cpu(tiny_digits):
-    from powertrain.hardware import cpu_has_native_bf16
+    from powertrain.measure.hardware import cpu_has_native_bf16
 
     t = Trainer(make_mlp(tiny_digits.meta), tiny_digits, TrainConfig(max_steps=2), callbacks=[])
     assert t.precision == "fp32"

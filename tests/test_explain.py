@@ -11,7 +11,7 @@ from torch import nn
 pytest.importorskip("captum")
 
 import powertrain  # noqa: E402
-from powertrain import explain as E  # noqa: E402
+from powertrain.trust import explain as E  # noqa: E402
 from powertrain.cli import main  # noqa: E402
 
 
@@ -96,7 +96,7 @@ def test_token_attributions_add_up_to_the_logit_gap(tmp_path):
     name, overrides = KINDS["text"]
     run = _train(name, overrides, tmp_path / "gpt")
     from powertrain.api import load_trainer
-    from powertrain.rundir import RunDir
+    from powertrain.run.rundir import RunDir
 
     trainer = load_trainer(RunDir(run.dir))
     model = trainer.model.eval()

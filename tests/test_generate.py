@@ -13,7 +13,7 @@ from browser import check_report
 from powertrain import models
 from powertrain.cli import main
 from powertrain.data import DataMeta
-from powertrain.generate import generate
+from powertrain.infer.generate import generate
 
 TEXT = "".join(f"def f{i}(x):\n    return x + {i % 7}\n\n" for i in range(120))
 MODEL = {"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16}

@@ -5,10 +5,10 @@ import torch
 
 import powertrain
 from powertrain import TrainConfig, Trainer, models
-from powertrain.bill import BillRecord, make_bill
-from powertrain.hardware import use_tf32
+from powertrain.measure.bill import BillRecord, make_bill
+from powertrain.measure.hardware import use_tf32
 from powertrain.measure import Meter
-from powertrain.optim import build_optimizer
+from powertrain.train.optim import build_optimizer
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
@@ -39,7 +39,7 @@ def test_tf32_on_ampere_and_newer_only(monkeypatch):
 
 
 def test_the_bill_states_tf32_and_uses_its_peak(monkeypatch):
-    import powertrain.bill as bill_module
+    import powertrain.measure.bill as bill_module
     from powertrain.measure import Peak
 
     asked = []
@@ -65,4 +65,4 @@ def test_the_first_compiled_step_is_billed_apart(tiny_digits, monkeypatch):
     assert windows["compile"].count == 1
     bill = t.bill()
     assert bill["time_s"]["compile"] == pytest.approx(windows["compile"].time_s)
-    assert "first step with compilation" in powertrain.bill.format_bill(bill)
+    assert "first step with compilation" in powertrain.measure.bill.format_bill(bill)

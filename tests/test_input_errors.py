@@ -15,7 +15,7 @@ from powertrain import cli, settings
 from powertrain.data import DataBundle, DataMeta, TensorSplit
 from powertrain.errors import DataError, ModelError, RecipeError, SettingError
 from powertrain.measure import peak
-from powertrain.metrics import TaskMetrics, metric_names
+from powertrain.train.metrics import TaskMetrics, metric_names
 from powertrain.models.check import check_fit
 
 
@@ -78,12 +78,12 @@ def test_closed_pipe_ends_quietly():
     (errno.EACCES, ["permission denied", "--out"]),
 ])
 def test_os_errors_are_one_line(capsys, monkeypatch, code, words):
-    import powertrain.api
+    from powertrain.train import lifecycle
 
     def full_disk(*args, **kwargs):
         raise OSError(code, "strerror", "/data/runs/x/checkpoints/step-00000040.tmp")
 
-    monkeypatch.setattr(powertrain.api, "train", full_disk)
+    monkeypatch.setattr(lifecycle, "train", full_disk)
     err = one_line_error(capsys, ["train", "xor"])
     assert "'/data/runs/x/checkpoints/step-00000040.tmp'" in err
     assert all(w in err for w in words), err
@@ -370,11 +370,11 @@ def test_trainer_refuses_an_unknown_early_stop_metric_at_construction():
 def test_eval_and_export_take_a_checkpoint(capsys, monkeypatch):
     import importlib
 
-    import powertrain.api
+    from powertrain.train import load
 
-    exporting = importlib.import_module("powertrain.compress.export")  # the module, not the function of that name
+    exporting = importlib.import_module("powertrain.shrink.export")  # the module, not the function of that name
     seen = {}
-    monkeypatch.setattr(powertrain.api, "evaluate", lambda run_dir, split, **kw: seen.update(eval=kw) or {"loss": 1.0})
+    monkeypatch.setattr(load, "evaluate", lambda run_dir, split, **kw: seen.update(eval=kw) or {"loss": 1.0})
     monkeypatch.setattr(exporting, "export",
                         lambda run_dir, **kw: seen.update(export=kw) or {"format": "safetensors", "path": "p", "bytes": 1})
     assert cli.main(["eval", "--checkpoint", "step-00000040", "runs/a"]) == 0

@@ -7,7 +7,7 @@ import pytest
 
 import powertrain
 from powertrain.errors import MissingExtra
-from powertrain.rundir import RunDir
+from powertrain.run.rundir import RunDir
 
 RUN = ["train.epochs=2", "train.log_every=5"]  # digits-mlp: 21 steps an epoch, an evaluation at each epoch end
 
@@ -94,7 +94,7 @@ def test_a_missing_package_is_one_line_naming_the_extra_before_anything_trains(t
 
 def test_hooks_only_queue_and_a_failing_store_never_stops_training(tmp_path, capsys):
     pytest.importorskip("tensorboard")
-    from powertrain.loggers import TensorBoardLogger
+    from powertrain.train.loggers import TensorBoardLogger
 
     class Broken(TensorBoardLogger):
         def _write(self, step, values):

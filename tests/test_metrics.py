@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from powertrain.metrics import TaskMetrics
+from powertrain.train.metrics import TaskMetrics
 
 
 def test_multiclass_matches_sklearn():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import powertrain
-from powertrain import api
+from powertrain.train import lifecycle
 
 PACKAGE = str(Path(powertrain.__file__).parent)
 READS = ("item", "tolist", "__float__", "__int__", "__bool__", "numpy", "cpu")
@@ -37,7 +37,7 @@ def test_no_sync_inside_steps_or_between_log_points(sync_calls, recipe, tmp_path
     calls, state = sync_calls
     r = powertrain.load_recipe(recipe, ["train.max_steps=45", "train.log_every=10", "train.eval_every_steps=40",
                                         "train.batch_size=64"])
-    trainer = api.build_trainer(r, None, callbacks=[])
+    trainer = lifecycle.build_trainer(r, None, callbacks=[])
     step = trainer.train_step
 
     def marked(batch):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from powertrain.optim import build_optimizer, build_scheduler, lr_factor
+from powertrain.train.optim import build_optimizer, build_scheduler, lr_factor
 from powertrain.recipe import TrainConfig
 
 TOTAL = 200

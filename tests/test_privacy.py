@@ -18,8 +18,8 @@ import powertrain  # noqa: E402
 from powertrain import Callback, DataBundle, TrainConfig  # noqa: E402
 from powertrain.cli import main  # noqa: E402
 from powertrain.errors import RecipeError  # noqa: E402
-from powertrain.privacy import PoissonSplit, PrivateTrainer, private_model  # noqa: E402
-from powertrain.rundir import RunDir  # noqa: E402
+from powertrain.train.privacy import PoissonSplit, PrivateTrainer, private_model  # noqa: E402
+from powertrain.run.rundir import RunDir  # noqa: E402
 
 QUICK = ["train.epochs=2", "train.batch_size=128", "train.log_every=5", "train.device=cpu", "data.test_fraction=0.5"]
 

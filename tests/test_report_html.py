@@ -11,9 +11,9 @@ import signal
 import pytest
 
 import powertrain
-from powertrain.callbacks import Callback
-from powertrain.report_html import per_class, render, report
-from powertrain.rundir import RunDir
+from powertrain.train.callbacks import Callback
+from powertrain.report.html import per_class, render, report
+from powertrain.run.rundir import RunDir
 
 from browser import Browser, find_chromium
 
@@ -129,7 +129,7 @@ def test_pareto_labels_do_not_overlap_even_for_coincident_points():
 
     from matplotlib.text import Text
 
-    from powertrain.report import label_points
+    from powertrain.report.compare import label_points
 
     fig, ax = plt.subplots(figsize=(5, 4))
     xs, ys = [1.0, 1.0, 1.01, 1.02, 3.0, 1.0], [0.90, 0.90, 0.901, 0.9, 0.5, 0.899]
@@ -145,7 +145,7 @@ def test_pareto_labels_do_not_overlap_even_for_coincident_points():
 
 
 def test_compare_png_numbers_its_points_and_names_them_in_a_key(runs, tmp_path):
-    from powertrain.report import compare
+    from powertrain.report.compare import compare
 
     rows, png = compare([runs["digits-mlp"], runs["digits-cnn"], runs["child"]], png=tmp_path / "c.png")
     assert png.stat().st_size > 10_000 and [r.get("n", i + 1) for i, r in enumerate(rows)] == [1, 2, 3]

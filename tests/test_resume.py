@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import powertrain
 from powertrain import Callback
-from powertrain.rundir import RunDir
+from powertrain.run.rundir import RunDir
 
 ARGS = ["train.epochs=3", "train.checkpoint_every_steps=5", "train.log_every=4"]  # digits-mlp has dropout: RNG matters
 
@@ -64,7 +64,7 @@ def test_resume_after_ctrl_c_in_process(reference, tmp_path, capsys):
 
 SLOW_CLI = """
 import sys, time
-from powertrain.engine import Trainer
+from powertrain.train.engine import Trainer
 step = Trainer.train_step
 Trainer.train_step = lambda self, batch: (time.sleep(0.01), step(self, batch))[1]  # so a signal lands mid-run
 from powertrain.cli import main

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import powertrain
 from powertrain import Callback, RunDir
-from powertrain.compress.export import export
+from powertrain.shrink.export import export
 from powertrain.errors import RecipeError, RunDirError
 
 ARGS = ["train.epochs=2", "train.log_every=4"]  # digits-mlp: 21 steps an epoch, checkpoints at 21 and 42
@@ -176,7 +176,7 @@ def test_out_naming_a_file_is_one_line(tmp_path):
 def test_disk_full_while_creating_leaves_nothing_behind(tmp_path, monkeypatch):
     import errno
 
-    from powertrain import atomic
+    from powertrain.run import atomic
 
     real = atomic.fsync_path
 
@@ -212,7 +212,7 @@ def test_sigterm_checkpoints_at_a_step_boundary(reference, tmp_path):
 
 
 def test_fsdp_on_a_model_without_blocks_is_refused_before_launch(monkeypatch, capsys):
-    from powertrain import distributed
+    from powertrain.train import distributed
     from powertrain.cli import main
 
     monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("launched"))
@@ -222,7 +222,7 @@ def test_fsdp_on_a_model_without_blocks_is_refused_before_launch(monkeypatch, ca
 
 
 def test_resume_with_nproc_validates_its_overrides_before_the_launch(reference, tmp_path, monkeypatch, capsys):
-    from powertrain import distributed
+    from powertrain.train import distributed
     from powertrain.cli import main
 
     run = copy_run(reference, tmp_path / "run")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from powertrain.errors import RecipeError
-from powertrain.plan import plan
-from powertrain.scalelaw import analyse, fit_law, law_loss, optimum, predict
+from powertrain.study.plan import plan
+from powertrain.study.scalelaw import analyse, fit_law, law_loss, optimum, predict
 
 TRUE = {"E": 1.2, "A": 40.0, "B": 300.0, "alpha": 0.35, "beta": 0.3}
 N = np.array([5e4, 1e5, 2e5, 4e5] * 3)
@@ -103,7 +103,7 @@ def test_scale_trains_fits_and_reuses_runs(tmp_path):
 
 
 def test_scale_refuses_bad_sizes_and_budgets():
-    from powertrain.scale import parse_budgets, parse_sizes
+    from powertrain.study.scale import parse_budgets, parse_sizes
 
     with pytest.raises(RecipeError, match="at least 3"):
         parse_sizes("32,64")
@@ -113,7 +113,7 @@ def test_scale_refuses_bad_sizes_and_budgets():
 
 
 def test_scale_sizes_of_the_wrong_form_name_the_flag(tmp_path):
-    from powertrain.scale import train_family
+    from powertrain.study.scale import train_family
 
     with pytest.raises(RecipeError, match=r"--sizes: model.conv=8 is not a valid value.*\[\[8,16\]"):
         train_family("mnist1d-cnn", [8, 16, 32], [1e9, 2e9], out=tmp_path / "sc", say=lambda *a: None)

@@ -19,8 +19,8 @@ pytest.importorskip("optuna")
 
 from powertrain.errors import RecipeError  # noqa: E402
 from powertrain.recipe import load_recipe  # noqa: E402
-from powertrain.space import check_space, parse_space  # noqa: E402
-from powertrain.sweep import Sweep, run_sweep  # noqa: E402
+from powertrain.study.space import check_space, parse_space  # noqa: E402
+from powertrain.study.sweep import Sweep, run_sweep  # noqa: E402
 
 SPACE = {"model.hidden": [[16], [64, 32]], "train.lr": {"log": [1e-3, 1e-2]}, "train.epochs": {"int": [1, 3]}}
 FAST = ["train.log_every=1000"]
@@ -97,7 +97,7 @@ def test_sweep_trials_are_runs_and_the_summary_agrees(tmp_path):
     for section in ("model", "train"):
         assert rebuilt[section] == trained[section]
     assert (sweep.path / "front.png").stat().st_size > 1000 and (sweep.path / "summary.json").is_file()
-    from powertrain.report_html import report
+    from powertrain.report.html import report
 
     page = report([sweep.path]).read_text()  # the sweep's section, then its trials as compared runs
     assert "sweep sw" in page and "data:image/png;base64," in page and html.escape(s["chosen"]["command"]) in page
@@ -179,7 +179,7 @@ def test_resume_of_a_folder_that_is_no_sweep(tmp_path):
 
 
 def _ask_and_tell(sw: Sweep) -> tuple:
-    from powertrain.sweep import _suggest
+    from powertrain.study.sweep import _suggest
 
     t, sh = sw._next_trial()
     own = tuple(_suggest(sw.dims, t))

@@ -12,9 +12,10 @@ from torch import nn
 
 import powertrain
 from powertrain import TrainConfig, Trainer, api, data, load_recipe, models
-from powertrain.transfer import load_partial
+from powertrain.train import lifecycle
+from powertrain.train.transfer import load_partial
 from powertrain.errors import PowertrainError, RecipeError
-from powertrain.report import compare, table
+from powertrain.report.compare import compare, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
 from datafiles import write_image_folder  # noqa: E402
@@ -69,7 +70,7 @@ def test_init_from_gives_a_new_head_and_a_report(parent, capsys):
     recipe = folder_recipe(root / "three")
     recipe["model"]["init_from"] = str(src)
     recipe["train"].update(freeze=["0.*"], backbone_lr_mult=0.1)
-    trainer = api.build_trainer(load_recipe(recipe), None, callbacks=[])  # loaded, not yet trained
+    trainer = lifecycle.build_trainer(load_recipe(recipe), None, callbacks=[])  # loaded, not yet trained
     before, loaded = newest(src), trainer.model.state_dict()
     assert all(torch.equal(loaded[k], before[k]) for k in ("0.weight", "0.bias", "3.weight", "7.weight", "7.bias"))
     assert loaded["9.weight"].shape == (3, 16) and before["9.weight"].shape == (2, 16)

@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from powertrain import models, visualize
+from powertrain import models
+from powertrain.train import figures as visualize
 from powertrain.data import DataBundle, DataMeta, TensorSplit
-from powertrain.visualize import CELL_IN, DPI, LABEL_IN, TITLE_IN
+from powertrain.train.figures import CELL_IN, DPI, LABEL_IN, TITLE_IN
 
 
 def png(path) -> np.ndarray:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from powertrain.data import DataBundle, DataMeta, TensorSplit
-from powertrain.engine import Trainer
+from powertrain.train.engine import Trainer
 from powertrain.recipe import TrainConfig
 
 

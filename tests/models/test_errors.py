@@ -8,7 +8,7 @@ import torch
 
 from powertrain import models
 from powertrain.data import DataBundle, DataMeta
-from powertrain.engine import Trainer
+from powertrain.train.engine import Trainer
 from powertrain.models.check import ShapeError
 from powertrain.recipe import TrainConfig
 

@@ -1,7 +1,7 @@
 """Text from a trained language-model run: `generate(run_dir, prompt)` loads the run's newest
 checkpoint and continues the prompt, token by token, with the run's own vocabulary.
 
->>> from powertrain.generate import generate
+>>> from powertrain.infer.generate import generate
 >>> print(generate("runs/gpt-stdlib", prompt="def ", max_new_tokens=200))  # doctest: +SKIP
 def __init__(self, name, value):
     ...

@@ -110,7 +110,7 @@ def make_bill(meter: Meter | dict, record: BillRecord, described: Optional[Meter
     eval_s = (ev.time_s if ev else 0.0) + (fin.time_s if fin else 0.0)
     ckpt_s = ck.time_s if ck else 0.0
     compile_s = comp.time_s if comp else None  # the first step under torch.compile, compilation included
-    probe_s = probe.time_s if probe else None  # precision: auto's CPU probe (autoprecision.py)
+    probe_s = probe.time_s if probe else None  # precision: auto's CPU probe (train/precision.py)
     compute_s = fit_s - (ev.time_s if ev else 0.0) - ckpt_s - (compile_s or 0.0) - (probe_s or 0.0) if fit_s else None
     peak = peak_for(device, "tf32" if record.tf32 else PRECISION_DTYPE[record.precision])
     n_devices = record.job.get("world_size", 1)  # one device per rank (a GPU; on CPU, the threads of each rank)

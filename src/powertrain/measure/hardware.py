@@ -61,7 +61,7 @@ def use_tf32(device: torch.device, precision: str) -> bool:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> bf16 on GPUs that support it, fp16 (with a GradScaler) on older GPUs, fp32 on CPU
     for now: a new CPU run with 'auto' is decided at the start of its fit by a measured probe, bf16
-    only where it is faster for the model (autoprecision.py). Asking for a half type that this CPU
+    only where it is faster for the model (train/precision.py). Asking for a half type that this CPU
     only emulates (~150x slower than fp32) runs, with a warning.
     """
     if precision == "auto":

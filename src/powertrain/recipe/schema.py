@@ -39,7 +39,7 @@ class DistillConfig(Strict):
 
 
 class PrivacyConfig(Strict):
-    """Differentially private training, DP-SGD through Opacus (privacy.py): each step's batch is a Poisson
+    """Differentially private training, DP-SGD through Opacus (train/privacy.py): each step's batch is a Poisson
     sample (rate batch_size / train samples), each sample's gradient is clipped to max_grad_norm, and
     Gaussian noise of std noise_multiplier * max_grad_norm is added to their sum. Give epsilon (the
     noise is calibrated to spend it over the run's steps) or noise_multiplier, not both."""
@@ -92,8 +92,8 @@ class TrainConfig(Strict):
     log_every: int = Field(50, ge=1)  # steps between metrics.jsonl lines and progress updates
     checkpoint_every_steps: Optional[int] = Field(None, ge=1)  # besides one at every evaluation
     keep_checkpoints: int = Field(2, ge=1)  # newest step checkpoints kept on disk
-    distill: Optional[DistillConfig] = None  # train as a student of a teacher run (compress/distill.py)
-    privacy: Optional[PrivacyConfig] = None  # differentially private training, DP-SGD (privacy.py)
+    distill: Optional[DistillConfig] = None  # train as a student of a teacher run (train/distill.py)
+    privacy: Optional[PrivacyConfig] = None  # differentially private training, DP-SGD (train/privacy.py)
     freeze: list[str] = []  # glob patterns over parameter names (e.g. "0.*"): those get no updates
     backbone_lr_mult: Optional[float] = Field(None, gt=0)  # LR multiplier of the parameters loaded by model.init_from
 

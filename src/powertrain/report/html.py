@@ -12,7 +12,7 @@ derived run, its lineage with the parent's numbers. Several runs: the compare ta
 against energy, FLOPs and time, numbered points), every run's curves on shared axes, notes when runs mix
 datasets or devices, then each run's own section.
 
->>> from powertrain.report_html import report
+>>> from powertrain.report.html import report
 >>> report(["runs/digits-mlp-20250101-120000"])  # doctest: +SKIP
 PosixPath('runs/digits-mlp-20250101-120000/report.html')
 """

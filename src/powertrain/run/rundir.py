@@ -17,7 +17,7 @@
 Every file is written atomically by `atomic_write` (temp file, fsync of the file, rename, fsync of the
 folder). Other modules ask a RunDir for paths; none spells one.
 
->>> import tempfile; from powertrain.rundir import RunDir
+>>> import tempfile; from powertrain.run.rundir import RunDir
 >>> run = RunDir(tempfile.mkdtemp()); run.checkpoint(40).name
 'step-00000040'
 """

@@ -12,7 +12,7 @@ newest checkpoint) in one file, with the recipe in its metadata; a quantized run
 An int8 (quantized) run is not exported to ONNX: torch's exporter does not translate the eager-mode
 quantized kernels. Export its parent, and quantize the ONNX file with onnxruntime.quantization.
 
->>> from powertrain.compress import export
+>>> from powertrain.shrink import export
 >>> result = export("runs/digits-mlp", format="onnx")  # doctest: +SKIP
 >>> result["max_abs_diff"] <= result["bar"]             # doctest: +SKIP
 True

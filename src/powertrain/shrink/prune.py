@@ -13,7 +13,7 @@ zeros, and the zeros are stored, so the checkpoint is as large and a forward pas
 report's `saves` says so). It shows how much of the model the accuracy needs; structured.py removes
 whole channels, which does shrink the model.
 
->>> from powertrain.compress import prune
+>>> from powertrain.shrink import prune
 >>> child = prune("runs/fashion-convnet", sparsity=0.8, epochs=1)  # doctest: +SKIP
 >>> RunDir(child).read("derived")["report"]["sparsity"]  # doctest: +SKIP
 0.8

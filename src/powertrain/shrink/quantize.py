@@ -21,7 +21,7 @@ The int8 model is saved as safetensors (`checkpoints/quantized.safetensors`: int
 scales and zero points, the rest as is; models/int8/), never as a pickle; `train.load.load_model` rebuilds the model
 from the recipe, quantizes its structure the same way and loads those tensors into it, bit for bit.
 
->>> from powertrain.compress import quantize
+>>> from powertrain.shrink import quantize
 >>> child = quantize("runs/mnist1d-gru")                                     # doctest: +SKIP
 >>> RunDir(child).read("derived")["report"]["size_ratio"]  # doctest: +SKIP
 3.6

@@ -17,7 +17,7 @@ it from its recipe and load its checkpoint like any other run, and the pruning c
 recipe rebuilds exactly the pruned model (strict load). Another model (resnet's stages tie channels
 across blocks) is refused in one line.
 
->>> from powertrain.compress.structured import prune_channels, prune_heads
+>>> from powertrain.shrink.structured import prune_channels, prune_heads
 >>> child = prune_channels("runs/fashion-convnet", channels=0.5, epochs=2)  # doctest: +SKIP
 >>> child = prune_heads("runs/mnist1d-transformer", heads=0.5, epochs=2)  # doctest: +SKIP
 """

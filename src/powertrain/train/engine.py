@@ -57,7 +57,7 @@ class Trainer(Outcome, TrainState, AutoPrecision):
         self.strategy = strategies.make(cfg.strategy)
         self.dist = self.strategy.dist
         self.device = resolve_device(cfg.device)
-        self._init_precision(cfg.precision)  # 'auto' on a CPU: a probe at the start of fit (autoprecision.py)
+        self._init_precision(cfg.precision)  # 'auto' on a CPU: a probe at the start of fit (precision.py)
         self.tf32 = use_tf32(self.device, self.precision)
         self.data = data.to(self.device)
         self.task, self.num_classes = data.meta.task, data.meta.num_classes

@@ -3,7 +3,7 @@
 `run.tensorboard: true` and `run.mlflow: true` (or a tracking URI) in a recipe add them (api.build_trainer);
 with your own Trainer pass them as callbacks:
 
->>> from powertrain.loggers import TensorBoardLogger
+>>> from powertrain.train.loggers import TensorBoardLogger
 >>> trainer = Trainer(model, data, cfg, run_dir="runs/mine", callbacks=[TensorBoardLogger()])  # doctest: +SKIP
 
 What is logged, at the cadence metrics.jsonl already has (never per step):

@@ -15,7 +15,7 @@ is at most (e^eps - 1 + 2 delta) / (e^eps + 1); audit.json gives these bounds be
 figures, and audit-roc.png draws the attack's ROC curve under the bound's. The bound is about one
 sample's membership; the attack's rates average over many samples, so they estimate, not test, it.
 
->>> from powertrain.audit import audit
+>>> from powertrain.trust.audit import audit
 >>> report = audit("runs/digits-mlp")  # doctest: +SKIP
 >>> report["auc"], report["auc_ci95"]  # doctest: +SKIP
 (0.53, [0.50, 0.56])

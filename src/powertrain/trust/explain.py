@@ -15,9 +15,12 @@ table columns, characters. Three checks say whether the maps explain the model:
 
 The work is metered (one Meter window, FLOPs counted by torch's FlopCounterMode) and billed with
 `bill.make_bill`: explain.json holds the methods' results, the checks and the bill; explain.png the
-picture (trust_plots.py).
+picture (figures.py).
 
->>> from powertrain.explain import explain
+Over 400 lines on purpose: the task per data kind, the three methods and the three checks share one
+`Task` and are read together; split apart, each part would need the others to make sense.
+
+>>> from powertrain.trust.explain import explain
 >>> report = explain("runs/digits-mlp", n=16)  # doctest: +SKIP
 >>> report["methods"]["integrated_gradients"]["deletion"]["faithful"]  # doctest: +SKIP
 True
