@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .common import CHECKPOINT_HELP, callbacks, number, print_results, quiet_args, quiet_flags
+from .common import CHECKPOINT_HELP, callbacks, print_results, quiet_args, quiet_flags
 
 
 def cmd_train(args) -> int:
