@@ -53,11 +53,14 @@ def ctx():
 
 # ------------------------------------------------------------------ children
 def run_child(folder: Path, name: str, mode: str, run_dir: Path, entry: str = "api", moment=None,
-              overrides=None) -> dict:
-    """Train or resume in a forked child; returns {"exitcode", "outcome" (None if it died), "log", "hung"}."""
+              overrides=None, fresh_cache: Path | None = None) -> dict:
+    """Train or resume in a forked child; returns {"exitcode", "outcome" (None if it died), "log", "hung"}.
+    `fresh_cache`: the child's powertrain cache folder (empty: a new machine), its peak cached whatever the load."""
     job = {"mode": mode, "entry": entry, "run_dir": str(run_dir), "moment": moment,
            "overrides": list(crashkit.OVERRIDES if overrides is None else overrides),
            "outcome": str(folder / f"{name}.json"), "log": str(folder / f"{name}.log")}
+    if fresh_cache is not None:
+        job.update(env={"POWERTRAIN_CACHE_DIR": str(fresh_cache)}, idle_cpu=True)
     p = ctx().Process(target=crashkit.child, args=(job,), daemon=True)
     p.start()
     p.join(CHILD_TIMEOUT_S)
@@ -286,11 +289,12 @@ def signal_problems(m: dict, res: dict, run: Path) -> list[str]:
     return out
 
 
-def run_case(ref: dict, folder: Path, m: dict) -> list[str]:
+def run_case(ref: dict, folder: Path, m: dict, fresh_cache: Path | None = None) -> list[str]:
     folder.mkdir(parents=True)
     run = folder / "run"
     entry = m.get("entry", "api")
-    res = run_child(folder, "train", "train", run, entry=entry, moment=m if m["kind"] != "none" else None)
+    res = run_child(folder, "train", "train", run, entry=entry, moment=m if m["kind"] != "none" else None,
+                    fresh_cache=fresh_cache)
     if m["kind"] == "signal":
         problems = signal_problems(m, res, run)
     elif m["kind"] == "none":
@@ -350,6 +354,15 @@ def test_sigint_sigterm_mid_step_save_at_the_step_boundary_then_resume_equals_un
 def test_harness_a_run_without_kill_then_resume_equals_the_reference(reference, tmp_path):
     problems = run_case(reference, tmp_path / "case", {"kind": "none"})
     assert not problems, problems
+
+
+def test_harness_on_a_fresh_machine_a_first_run_that_writes_the_peak_cache_equals_the_reference(reference, tmp_path):
+    """A first run on a new machine measures the CPU's peak and writes powertrain's cache while it bills (the
+    reference, in the suite's cache, read it): the harness counts the run directory's writes only."""
+    cache = tmp_path / "fresh-cache"
+    problems = run_case(reference, tmp_path / "case", {"kind": "none"}, fresh_cache=cache)
+    assert not problems, problems
+    assert (cache / "peak.json").is_file(), "the child never wrote its fresh cache: the case tested nothing"
 
 
 def test_harness_tells_another_seed_apart(reference, tmp_path):
