@@ -1,5 +1,6 @@
-"""What a dataset gives the trainer: `DataBundle` (train/val/test splits and `DataMeta`), the two
-kinds of split (tensors in memory, or a `Dataset` through a DataLoader), and helpers for loaders.
+"""What a dataset gives the trainer: `DataBundle` (train/val/test splits and `DataMeta`, both kinds of
+split in splits.py), the ways in from anything else (`coerce`, `from_dataset`, `from_loaders`: sources.py),
+and helpers for loaders.
 
 In-memory splits are tensors on the training device, batched by indexing with a slice of the
 epoch's permutation (no per-sample collation). Any `torch.utils.data.Dataset` works too, through
@@ -7,18 +8,20 @@ a DataLoader fed with the same permutation, so both paths see the same order for
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from pydantic import Field
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from ..errors import DataError, RecipeError
 from ..recipe.registry import Options
+from . import sources
+from .splits import TYPED_KEYS, DataMeta, LoaderSplit, Task, TensorSplit, as_batch  # noqa: F401  (their home was here)
 
-Task = Literal["multiclass", "binary", "regression", "reconstruction", "language_model"]
+
 class DataOptions(Options):
     """Options every dataset takes; a dataset's own options class extends this."""
 
@@ -30,89 +33,10 @@ class DataOptions(Options):
 
 
 @dataclass
-class DataMeta:
-    """What a model and the trainer need to know of a dataset. Typed fields are read by code; `extra`
-    holds what a dataset reports for people (a cleaning report, its source path, statistics)."""
-
-    input_shape: tuple[int, ...]  # one sample, without the batch dimension
-    task: Task = "multiclass"
-    num_classes: Optional[int] = None
-    class_names: Optional[list[str]] = None
-    extra: dict = field(default_factory=dict)  # reported, not read: e.g. {"source": path, "report": ...}
-    vocab: Optional[Any] = None  # text: the token vocabulary (encode, decode, itos, to_dict); kept in vocab.json
-    vocab_size: Optional[int] = None  # token inputs: number of token ids (embedding rows)
-    input_dtype: torch.dtype = torch.float32  # torch.long for token ids
-    pad_id: Optional[int] = None  # token id that pads sequences at their end
-    augment: Optional[Any] = None  # AugmentOptions the trainer applies to train batches (data/augment.py)
-    normalization: Optional[dict] = None  # {"mean", "std"} of the train split, to show inputs in their own units
-    targets: int = 1  # regression: number of target columns
-
-    def __post_init__(self):
-        for key in TYPED_KEYS:  # DataMeta(..., extra={"vocab_size": 65}) still works: typed fields are read
-            if key in self.extra:
-                setattr(self, key, self.extra[key])
-        self.extra = {k: v for k, v in self.extra.items() if k not in TYPED_KEYS}  # the caller's dict is left as is
-
-
-TYPED_KEYS = ("vocab", "vocab_size", "input_dtype", "pad_id", "augment", "normalization", "targets")
-
-
-def _names(n: int) -> list[str]:
-    return ["x", "y"] if n == 2 else [f"tensor {i}" for i in range(n)]
-
-
-class TensorSplit:
-    """A split held as tensors with equal first dimension; `batch(idx)` indexes all of them."""
-
-    def __init__(self, *tensors: torch.Tensor, name: str = "split"):
-        if not tensors:
-            raise DataError(f"data: the {name} split has no tensors; pass (x, y) tensors")
-        if any(len(t) != len(tensors[0]) for t in tensors):
-            lengths = " and ".join(f"{n} has {len(t)}" for n, t in zip(_names(len(tensors)), tensors))
-            raise DataError(f"data: the {name} split's tensors differ in length ({lengths} samples); "
-                            f"give one row per sample in each, e.g. cut both to the same length")
-        self.tensors, self.name = tensors, name
-
-    def __len__(self) -> int:
-        return len(self.tensors[0])
-
-    def to(self, device) -> "TensorSplit":
-        return TensorSplit(*(t.to(device) for t in self.tensors), name=self.name)
-
-    def batches(self, order: torch.Tensor, batch_size: int, start: int = 0) -> Iterator[tuple]:
-        order = order.to(self.tensors[0].device)
-        for i in range(start * batch_size, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            yield tuple(t[idx] for t in self.tensors)
-
-
-class LoaderSplit:
-    """A `Dataset` served through a DataLoader, in the order the trainer gives."""
-
-    def __init__(self, dataset: Dataset, num_workers: int = 0):
-        self.dataset, self.num_workers, self.device = dataset, num_workers, torch.device("cpu")
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def to(self, device) -> "LoaderSplit":
-        self.device = torch.device(device)
-        return self
-
-    def batches(self, order: torch.Tensor, batch_size: int, start: int = 0) -> Iterator[tuple]:
-        order = order.tolist()
-        sampler = [order[i : i + batch_size] for i in range(start * batch_size, len(order), batch_size)]
-        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                            pin_memory=self.device.type == "cuda")
-        for batch in loader:
-            yield tuple(t.to(self.device, non_blocking=True) for t in batch)
-
-
-@dataclass
 class DataBundle:
-    train: TensorSplit | LoaderSplit
-    val: Optional[TensorSplit | LoaderSplit]
-    test: Optional[TensorSplit | LoaderSplit]
+    train: Any  # TensorSplit, LoaderSplit or StreamSplit (data/sources.py): len, to(device), batches(order, n, start)
+    val: Optional[Any]
+    test: Optional[Any]
     meta: DataMeta
 
     def to(self, device) -> "DataBundle":
@@ -124,6 +48,36 @@ class DataBundle:
             have = [n for n in ("train", "val", "test") if getattr(self, n) is not None]
             raise RecipeError(f"split '{name}': this dataset has no such split; expected one of {', '.join(have)}")
         return getattr(self, name)
+
+    @classmethod
+    def coerce(cls, data: Any) -> "DataBundle":
+        """Anything `Trainer(model, data)` takes, as a DataBundle: a DataBundle as it is; a DataLoader
+        (`from_loaders`); a torch or Hugging Face Dataset (`from_dataset`); an (x, y) pair of arrays or
+        tensors (`from_tensors`)."""
+        return sources.coerce(cls, data)
+
+    @classmethod
+    def from_dataset(cls, train, val=None, test=None, inputs=None, target=None, *, task: Optional[Task] = None,
+                     num_classes: Optional[int] = None, input_shape: Optional[tuple] = None,
+                     num_workers: int = 0) -> "DataBundle":
+        """Torch Datasets (map-style or iterable; tuple or dict samples) or Hugging Face `datasets.Dataset`s.
+        Map-style datasets are batched in the Trainer's seeded order (resume is bit-equal); dict samples
+        take `inputs` (a key, or a list of keys stacked as features) and `target`. Input shape, task and
+        class count are inferred from the first sample and the labels unless given."""
+        return sources.from_dataset(cls, train, val, test, inputs, target, task, num_classes, input_shape, num_workers)
+
+    @classmethod
+    def from_loaders(cls, train: DataLoader, val: Optional[DataLoader] = None, test: Optional[DataLoader] = None, *,
+                     inputs=None, target=None, task: Optional[Task] = None, num_classes: Optional[int] = None,
+                     input_shape: Optional[tuple] = None) -> "DataBundle":
+        """Your DataLoaders, their batches as they come: the train loader's batch_size is the run's. A
+        shuffling loader is reseeded each epoch from the Trainer's seed, so that resume sees the same order."""
+        return sources.from_loaders(cls, train, val, test, inputs, target, task, num_classes, input_shape)
+
+    def fit_config(self, cfg):
+        """`cfg` with the train loader's batch size when the batches come from a user's DataLoader."""
+        n = getattr(self.train, "batch_size", None)
+        return cfg if n is None or n == cfg.batch_size else cfg.model_copy(update={"batch_size": n})
 
     @classmethod
     def from_tensors(cls, train: Sequence[torch.Tensor], val=None, test=None, task: Task = "multiclass",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,10 +46,11 @@ from .state import TrainState
 
 
 class Trainer(Outcome, TrainState, AutoPrecision):
-    def __init__(self, model: nn.Module, data: DataBundle, config: Optional[TrainConfig] = None, *,
+    def __init__(self, model: nn.Module, data: DataBundle | Any, config: Optional[TrainConfig] = None, *,
                  run_dir: Optional[str | Path | RunDir] = None, callbacks: Optional[Iterable[Callback]] = None,
                  seed: int = 0, meter: Optional[Meter | bool] = None):
-        """`run_dir` receives metrics.jsonl, checkpoints, eval.json and bill.json (None: keep nothing on
+        """`data`: a DataBundle, a DataLoader, a torch or Hugging Face Dataset, or (x, y) arrays.
+        `run_dir` receives metrics.jsonl, checkpoints, eval.json and bill.json (None: keep nothing on
         disk); `callbacks` defaults to a progress display; `meter` measures time, FLOPs and energy
         (default: a `Meter` over the counters this machine has; False: no measurement)."""
         self.cfg = cfg = config or TrainConfig()
@@ -59,9 +60,10 @@ class Trainer(Outcome, TrainState, AutoPrecision):
         self.device = resolve_device(cfg.device)
         self._init_precision(cfg.precision)  # 'auto' on a CPU: a probe at the start of fit (precision.py)
         self.tf32 = use_tf32(self.device, self.precision)
-        self.data = data.to(self.device)
-        self.task, self.num_classes = data.meta.task, data.meta.num_classes
-        self._augment = data.meta.augment
+        self.data = DataBundle.coerce(data).to(self.device)  # DataLoaders, Datasets, arrays too (data/sources.py)
+        self.cfg = cfg = self.data.fit_config(cfg)  # a user's DataLoader brings its batch size
+        meta = self.data.meta
+        self.task, self.num_classes, self._augment = meta.task, meta.num_classes, meta.augment
         self.model = model.to(self.device)
         if cfg.freeze:  # before wrapping and FLOP counting: frozen weights get no gradient
             freeze(self.model, cfg.freeze)
