@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("models",),
     ("measure",),
     ("run",),
-    ("train",),
+    ("train", "integrations"),  # a loop's bill: powertrain's own loop, or another's (integrations/ imports no train)
     ("shrink", "trust", "study", "infer"),
     ("report",),
     ("cli",),

@@ -11,6 +11,7 @@ as `from powertrain.train.engine import Trainer` (docs/architecture.md).
 from .settings import VERSION as __version__
 from .api import Run, evaluate, load, resume, train
 from .data import DataBundle
+from .integrations import track
 from .measure import Meter
 from .measure.bill import BillRecord, make_bill
 from .recipe import Recipe, TrainConfig, load_recipe
@@ -20,4 +21,5 @@ from .train.engine import Trainer
 from .train.signals import Interrupted
 
 __all__ = ["BillRecord", "Callback", "DataBundle", "Interrupted", "Meter", "Recipe", "Run", "RunDir", "TrainConfig",
-           "Trainer", "evaluate", "load", "load_recipe", "make_bill", "resume", "train", "__version__"]
+           "Trainer", "evaluate", "load", "load_recipe", "make_bill", "resume", "track", "train",
+           "__version__"]

@@ -54,7 +54,7 @@ class BillRecord:
     device: Any = "cpu"
     precision: str = "fp32"
     tf32: bool = False  # fp32 matmuls on TF32 tensor cores (MFU against TF32's peak)
-    phase_s: dict = field(default_factory=dict)  # e.g. {"data": s, "forward_backward": s, "optimizer": s}
+    phase_s: Optional[dict] = field(default_factory=dict)  # {"data": s, "forward_backward": s, "optimizer": s}; None: not timed
     job: dict = field(default_factory=lambda: {"world_size": 1})
 
 
@@ -118,7 +118,9 @@ def make_bill(meter: Meter | dict, record: BillRecord, described: Optional[Meter
     components, energy_j, method = _components(fit, fin)
     floor = _floor(peak, device)
     fin_samples = record.samples_evaluated
-    phases = {"data": 0.0, "forward_backward": 0.0, "optimizer": 0.0, **record.phase_s}
+    timed = record.phase_s is not None  # a loop powertrain does not run (integrations/) times fit, not its phases
+    phases = {"data": 0.0, "forward_backward": 0.0, "optimizer": 0.0, **record.phase_s} if timed else \
+        {"data": None, "forward_backward": None, "optimizer": None}
     return {
         "params": record.params,
         "trainable_params": record.trainable_params if record.trainable_params is not None else record.params,
@@ -131,7 +133,8 @@ def make_bill(meter: Meter | dict, record: BillRecord, described: Optional[Meter
         "time_s": {"total": (fit_s or 0.0) + (fin.time_s if fin else 0.0), "fit": fit_s,
                    **phases, "eval": eval_s, "checkpoint": ckpt_s, "compile": compile_s,
                    **({"precision_probe": probe_s} if probe_s is not None else {}),
-                   "phases_note": ("perf_counter around each phase" if device.type == "cpu" else
+                   "phases_note": ("not timed: the loop is not powertrain's (fit and eval are)" if not timed else
+                                   "perf_counter around each phase" if device.type == "cpu" else
                                    "perf_counter around each phase; CUDA runs asynchronously, so phase times "
                                    "are launch times and only fit/eval/checkpoint (synchronised) are exact")},
         "throughput": {"samples_per_s": samples / compute_s if compute_s else None,
@@ -189,9 +192,11 @@ def format_bill(bill: dict) -> str:
         ("FLOPs / sample (forward)", _si(bill["flops"]["per_sample_forward"], "FLOP")),
         ("training FLOPs", f"{_si(bill['flops']['train_total'], 'FLOP')} over {bill['steps']:,} steps, "
                            f"{bill['samples_trained']:,} samples"),
-        ("time", f"{t['total']:.2f} s (data {t['data']:.2f}, fwd+bwd {t['forward_backward']:.2f}, "
-                 f"optimizer {t['optimizer']:.2f}, eval {t['eval']:.2f}, checkpoint {t['checkpoint']:.2f}"
-                 + (f", first step with compilation {t['compile']:.2f}" if t.get("compile") else "") + ")"),
+        ("time", f"{t['total']:.2f} s (" + (f"data {t['data']:.2f}, fwd+bwd {t['forward_backward']:.2f}, "
+                                             f"optimizer {t['optimizer']:.2f}, " if t.get("data") is not None else "")
+                 + f"eval {t['eval']:.2f}, checkpoint {t['checkpoint']:.2f}"
+                 + (f", first step with compilation {t['compile']:.2f}" if t.get("compile") else "")
+                 + ("; phases not timed: not powertrain's loop" if t.get("data") is None else "") + ")"),
         ("throughput", f"{_si(bill['throughput']['samples_per_s'])} samples/s, "
                        f"{_si(bill['throughput']['model_flops_per_s'], 'FLOP/s')}"),
         ("MFU", (f"{m['value']:.2%} of {_si(peak['flops_per_s'], 'FLOP/s')} ({peak['device']}, {peak['dtype']}; "
