@@ -100,5 +100,13 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], prefix
             parts.append(f"{key}: required key is missing; add it to the recipe")
         else:
             msg = e["msg"].replace("Input should be", "expected").replace("Value error, ", "")
-            parts.append(f"{key}: {msg}, got {e['input']!r}" if loc else f"{key}: {msg}")
+            parts.append(f"{key}: {msg}, got {_short(e['input'])}" if loc else f"{key}: {msg}")
     return "; ".join(parts)
+
+
+def _short(value, n: int = 60) -> str:
+    """repr of `value`, cut to about `n` characters (a bad value may be a huge list)."""
+    import reprlib
+
+    text = reprlib.repr(value)
+    return text if len(text) <= n else text[:n] + "..."

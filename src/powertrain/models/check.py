@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import math
 import re
+import warnings
 
 import torch
 from torch import nn
@@ -83,6 +84,103 @@ def dry_run(model: nn.Module, sample: torch.Tensor):
         raise ShapeError(f"{cls}: a batch of {batch} samples came out as {first.shape[0]} rows{where}; "
                          f"a reshape (view) mixes samples: flatten with x.flatten(1) and fix the layer's size")
     return out
+
+
+TRAIN_BYTES_PER_PARAM = 16  # fp32 weights, their gradients and Adam's two moments
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take: the kernel's MemAvailable, capped by a cgroup limit."""
+    found = []
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        used = int(open("/sys/fs/cgroup/memory.current").read())
+        if limit.isdigit():
+            found.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def device_memory(device=None) -> tuple[int | None, str]:
+    """(free bytes, where) of the device training will use: a CUDA device's free memory, else this machine's
+    available memory. `device` None or 'auto': CUDA when there is one."""
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else torch.device(device)
+    if dev.type == "cuda":
+        try:
+            return torch.cuda.mem_get_info(dev)[0], f"{torch.cuda.get_device_name(dev)} has"
+        except (RuntimeError, AssertionError):
+            return None, ""
+    return available_memory(), "this machine has"
+
+
+def check_memory(build, meta, batch_size: int | None, what: str, device=None, available: int | None = None) -> None:
+    """Build the model with `build()` on the meta device (no memory is allocated) and refuse, in one line
+    with the figure, one with an empty layer, one whose weights would not fit in this machine's memory (a
+    model is built there first), or one whose training would not fit on `device` (`available` bytes if
+    given): 16 bytes per parameter (fp32 weights, gradients, Adam's two moments) plus the layers' outputs for
+    a batch of `batch_size` (2 if unknown). A builder that cannot run on the meta device is left to the real
+    build."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "initializing zero-element tensors is a no-op"
+            model = build()
+    except Exception:  # noqa: BLE001  (the real build reports its own errors)
+        return
+    for name, p in model.named_parameters():
+        if 0 in p.shape:
+            raise ModelError(f"{what}: layer '{name.rsplit('.', 1)[0]}' would be empty (its {name.rsplit('.', 1)[-1]} "
+                             f"has shape {tuple(p.shape)}); a width, channel count or size of 0 in the recipe makes "
+                             f"no layer: use 1 or more")
+    params = sum(p.numel() for p in model.parameters())
+    ram = available_memory() if available is None else available
+    if ram is not None and 4 * params > ram:
+        raise ModelError(f"{what}: its {params:,} fp32 parameters alone need {_gb(4 * params)}, but this machine has "
+                         f"{_gb(ram)} available; make the model smaller (its widths, layers)")
+    batch = max(int(batch_size or 2), 1)
+    act = _activation_bytes(model, meta, batch)
+    free, where = (available, "this machine has") if available is not None else device_memory(device)
+    need = TRAIN_BYTES_PER_PARAM * params + (act or 0)
+    if free is None or need <= free:
+        return
+    acts = f" + {_gb(act)} of layer outputs for a batch of {batch}" if act else ""
+    raise ModelError(f"{what}: training needs about {_gb(need)} ({params:,} parameters x {TRAIN_BYTES_PER_PARAM} bytes: "
+                     f"fp32 weights, gradients and Adam's two moments{acts}), but {where} {_gb(free)} "
+                     f"available; make the model smaller (its widths, layers) or the batch (train.batch_size)")
+
+
+def _activation_bytes(model: nn.Module, meta, batch: int) -> int | None:
+    """Bytes of every leaf module's output for one batch, from a forward on the meta device; None if the
+    model cannot run there."""
+    total = [0]
+
+    def count(module, args, out):
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(t, torch.Tensor):
+                total[0] += t.numel() * t.element_size()
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.device("meta"), torch.no_grad():
+            model.eval()
+            model(torch.zeros(batch, *meta.input_shape, dtype=meta.input_dtype))
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0]
 
 
 def check_fit(model: nn.Module, data) -> None:

@@ -15,6 +15,7 @@ import yaml
 
 from ..errors import RecipeError, closest
 from .schema import Recipe, parse_recipe
+from .strict import check_tree, load_yaml
 
 
 def builtin_recipes() -> dict[str, Path]:
@@ -44,7 +45,7 @@ def read_raw(source: str | Path) -> dict:
         raise RecipeError(f"recipe file '{path}': not a text YAML recipe (it contains NUL bytes: a binary file); "
                           f"pass a .yaml recipe file or a built-in name")
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, f"recipe file '{path}'")
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
@@ -66,7 +67,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise RecipeError(f"override '{item}': expected key.path=value, e.g. train.lr=3e-3")
         key, _, text = item.partition("=")
-        value = yaml.safe_load(text) if text.strip() else None
+        try:
+            value = load_yaml(text, f"override '{item}'") if text.strip() else None
+        except yaml.YAMLError:
+            raise RecipeError(f"override '{item}': the value is not valid YAML; quote text, e.g. "
+                              f"{key}='a b', and write lists as [1, 2]") from None
         if isinstance(value, str):  # YAML 1.1 reads '3e-3' as a string
             try:
                 value = float(value) if any(c in value for c in ".eE") else int(value)
@@ -86,5 +91,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def load_recipe(source: str | Path | dict, overrides: list[str] | None = None) -> Recipe:
     """Load a built-in recipe by name, a YAML file, or a dict; then apply dotted overrides."""
+    if isinstance(source, dict):
+        check_tree(source, "recipe")  # before deepcopy walks it
     raw = copy.deepcopy(source) if isinstance(source, dict) else read_raw(source)
     return parse_recipe(apply_overrides(raw, list(overrides or [])))

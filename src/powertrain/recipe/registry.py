@@ -12,15 +12,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ..errors import RecipeError, closest, format_validation_error
+from .strict import check_field
 
 
 class Options(BaseModel):
-    """Base for registered options: unknown keys are errors."""
+    """Base for registered options: unknown keys are errors; numbers are numbers and finite; every whole
+    number is a size, a count or an index, so it lies in [0, strict.MAX_SIZE] (strict.check_field)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers(cls, value, info):
+        return check_field(cls.model_fields[info.field_name].annotation, value, sizes=True)
 
 
 SECTIONS: dict[str, "Registry"] = {}  # recipe section -> its registry, filled as data/ and models/ load

@@ -11,14 +11,24 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from ..errors import RecipeError, closest, format_validation_error  # noqa: F401  (re-exported)
 from .registry import check_section
+from .strict import check_field, check_tree
+
+SEED_MAX = 2**32 - 1  # run.seed: the data splits (scikit-learn, NumPy) take 32-bit seeds
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    """A recipe section: unknown keys are errors; numbers are numbers (strict.check_field), finite."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers(cls, value, info):
+        return check_field(cls.model_fields[info.field_name].annotation, value)
 
 
 class EarlyStop(Strict):
@@ -184,10 +194,18 @@ def check_privacy(cfg: TrainConfig) -> None:
 
 def parse_recipe(raw: dict) -> Recipe:
     """Validate a recipe dict, including the registered model and data options."""
+    check_tree(raw, "recipe")
+    seed = (raw.get("run") or {}).get("seed") if isinstance(raw.get("run"), dict) else None
+    if type(seed) is int and not 0 <= seed <= SEED_MAX:
+        raise RecipeError(f"run.seed: expected a whole number in [0, {SEED_MAX}] (the data splits take 32-bit "
+                          f"seeds), got {seed}; pick another seed")
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, Recipe)) from None
+    if not 0 <= recipe.run.seed <= SEED_MAX:  # 1e10 (a float) became a whole number above
+        raise RecipeError(f"run.seed: expected a whole number in [0, {SEED_MAX}] (the data splits take 32-bit "
+                          f"seeds), got {recipe.run.seed}; pick another seed")
     check_section("model", recipe.model.model_dump())
     check_section("data", recipe.data.model_dump())
     tc = recipe.train

@@ -37,6 +37,7 @@ from .atomic import atomic_write, write_json
 from .records import MetricsLog, read_json, read_jsonl
 from .checkpoint import validate as validate_checkpoint
 from ..errors import RecipeError, RunDirError
+from ..recipe.strict import load_yaml
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -164,8 +165,8 @@ class RunDir:
 
     def raw_recipe(self) -> dict:
         try:
-            raw = yaml.safe_load(self.recipe_file.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raw = load_yaml(self.recipe_file.read_text(encoding="utf-8"), f"'{self.recipe_file}'")
+        except (yaml.YAMLError, UnicodeDecodeError, RecipeError) as e:
             raise RunDirError(f"'{self.recipe_file}' is corrupt ({type(e).__name__}); the file was damaged") from None
         if not isinstance(raw, dict):
             raise RunDirError(f"'{self.recipe_file}' is not a recipe (a YAML mapping); the file was damaged")

@@ -14,12 +14,13 @@ from .plan import human_energy, human_time
 from ..run.records import read_json
 from .scalelaw import SIZE_KEYS, analyse, law_loss
 from .space import override
+from ..recipe.strict import load_yaml
 
 
 def parse_sizes(text: str) -> list:
     """'32,48,64' -> [32, 48, 64]; '[[16],[32]]' (YAML) -> [[16], [32]]."""
     try:
-        sizes = yaml.safe_load(text if text.strip().startswith("[[") else f"[{text}]")
+        sizes = load_yaml(text if text.strip().startswith("[[") else f"[{text}]", f"--sizes {text}")
     except yaml.YAMLError:
         sizes = None
     if not isinstance(sizes, list) or len(sizes) < 3:

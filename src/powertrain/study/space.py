@@ -19,6 +19,7 @@ import yaml
 
 from ..errors import RecipeError
 from ..recipe import load_recipe
+from ..recipe.strict import load_yaml
 
 KINDS = ("log", "float", "int")
 
@@ -104,9 +105,11 @@ def load_space(path: str | Path) -> tuple[list[Dim], dict]:
     """The dimensions and the raw mapping of a SPACE.yaml file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text(encoding="utf-8"), f"--space {path}")
     except OSError as e:
         raise RecipeError(f"--space {path}: cannot read it ({e.strerror}); give a YAML file of recipe keys and ranges") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"--space {path}: not UTF-8 text; give a YAML file of recipe keys and ranges") from None
     except yaml.YAMLError as e:
         raise RecipeError(f"--space {path}: not valid YAML ({str(e).splitlines()[0]})") from None
     return parse_space(raw, str(path)), raw
