@@ -13,7 +13,7 @@ Face Trainer and Keras 3 (torch backend), each writing an ordinary run directory
     from powertrain.integrations.keras import BillCallback          # pip install 'powertrain[keras]'
 
 Each adapter imports its framework only when it is imported itself; core.py (`Tracker`) holds what they
-share. This package sits on the rung of train/ and imports nothing of it (docs/architecture.md).
+share. This package sits on its own rung below train/ and imports nothing of it (docs/architecture.md).
 """
 from __future__ import annotations
 
