@@ -43,6 +43,11 @@ class SettingError(PowertrainError):
     exit_code = 2
 
 
+class WriteError(RunDirError):
+    """A write into a run directory failed (a full disk, a quota, a size limit): what, where, what is kept,
+    how to go on (run/storage.py)."""
+
+
 class NonFiniteLoss(PowertrainError):
     """The training loss became NaN or inf."""
 

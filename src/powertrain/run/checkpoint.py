@@ -20,21 +20,30 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from .atomic import atomic_folder, atomic_write, fsync_path
+from .storage import write_failure
 from ..errors import RunDirError
 
 
 def save(folder: Path, model: torch.nn.Module, state: dict) -> Path:
-    """Write model.safetensors and state.pt into `folder` atomically; returns it."""
+    """Write model.safetensors and state.pt into `folder` atomically; returns it. A failed write (a full
+    disk: torch says "unexpected pos", safetensors "No space left on device") is one WriteError line naming
+    the checkpoints kept and the resume command (storage.write_failure)."""
     def write(tmp: Path) -> None:
         save_model(model, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
 
-    return atomic_folder(folder, write)
+    try:
+        return atomic_folder(folder, write)
+    except Exception as e:  # noqa: BLE001  (torch and safetensors raise their own types for a failed write)
+        raise write_failure(e, Path(folder)) from None
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Weights alone (best.safetensors), atomically."""
-    atomic_write(path, lambda tmp: save_model(model, str(tmp)))
+    """Weights alone (best.safetensors), atomically; a failed write as in `save`."""
+    try:
+        atomic_write(path, lambda tmp: save_model(model, str(tmp)))
+    except Exception as e:  # noqa: BLE001
+        raise write_failure(e, Path(path)) from None
 
 
 def is_sharded(path: Path) -> bool:

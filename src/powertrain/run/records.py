@@ -54,14 +54,30 @@ class MetricsLog:
             self._file = open(self.path, "a")
 
     def write(self, record: dict) -> None:
-        if self._file is None:
-            if self.path is not None:
-                with open(self.path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            return
-        self._file.write(json.dumps(record) + "\n")
+        try:
+            if self._file is None:
+                if self.path is not None:
+                    with open(self.path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                return
+            self._file.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise self._failed(e) from None
         if time.monotonic() - self._flushed >= 1.0:  # `tail -f` sees lines within a second
             self.flush()
+
+    def _failed(self, e: OSError):
+        """A write that failed (a full disk): the buffered lines are dropped (a resume replays them from the
+        last checkpoint), the file closed, and the one-line WriteError returned."""
+        from .storage import write_failure
+
+        if self._file is not None:
+            f, self._file = self._file, None
+            try:
+                f.close()
+            except OSError:
+                pass
+        return write_failure(e, self.path)
 
     def offset(self) -> Optional[int]:
         """Bytes written so far (all flushed): where a resume from a checkpoint taken now cuts the file."""
@@ -72,7 +88,10 @@ class MetricsLog:
 
     def flush(self) -> None:
         if self._file is not None:
-            self._file.flush()  # to the OS: a killed process loses nothing flushed
+            try:
+                self._file.flush()  # to the OS: a killed process loses nothing flushed
+            except OSError as e:
+                raise self._failed(e) from None
             self._flushed = time.monotonic()
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ import yaml
 from .atomic import atomic_write, write_json
 from .records import MetricsLog, read_json, read_jsonl
 from .checkpoint import validate as validate_checkpoint
+from .storage import write_failure
 from ..errors import RecipeError, RunDirError
 from ..recipe.strict import load_yaml
 
@@ -212,8 +213,13 @@ class RunDir:
 
     # -- files ---------------------------------------------------------------------------------
     def write(self, name: str, obj) -> None:
-        """Write one of the run's JSON files ("eval", "bill", "derived", "vocab") atomically."""
-        write_json(getattr(self, f"{name}_file"), obj)
+        """Write one of the run's JSON files ("eval", "bill", "derived", "vocab") atomically; a failed write
+        (a full disk) is one WriteError line naming what is kept and how to go on."""
+        path = getattr(self, f"{name}_file")
+        try:
+            write_json(path, obj)
+        except OSError as e:
+            raise write_failure(e, path) from None
 
     def read(self, name: str, required: bool = True):
         return read_json(getattr(self, f"{name}_file"), required)
