@@ -33,10 +33,35 @@ def cmd_regions(args) -> int:
     return 0
 
 
+def dump(obj) -> str:
+    """One JSON document for --json (paths and other objects as text, NaN and inf as null)."""
+    import math
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:  # a numpy or torch scalar
+            return clean(x.item())
+        if hasattr(x, "tolist"):
+            return clean(x.tolist())
+        return str(x)
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False)
+
+
 def cmd_compare(args) -> int:
     from ..report.compare import compare, table
 
     rows, png = compare(args.run_dirs, args.metric, args.split, png=args.png)
+    if args.json:
+        print(dump({"metric": args.metric, "split": args.split, "rows": rows, "png": png}))
+        return 0
     print(table(rows, args.metric))
     if png:
         print(f"Pareto plot written to {png}")
@@ -65,9 +90,10 @@ def cmd_runs(args) -> int:
 def cmd_plan(args) -> int:
     from ..study.plan import format_plan, plan
 
-    print(format_plan(plan(params=args.params, tokens=args.tokens, device=args.device, count=args.count,
-                           dtype=args.dtype, mfu=args.mfu, from_run=args.from_run, region=args.region,
-                           pue=args.pue, price_per_kwh=args.price_per_kwh, flops=args.flops, from_fit=args.from_fit)))
+    p = plan(params=args.params, tokens=args.tokens, device=args.device, count=args.count, dtype=args.dtype,
+             mfu=args.mfu, from_run=args.from_run, region=args.region, pue=args.pue,
+             price_per_kwh=args.price_per_kwh, flops=args.flops, from_fit=args.from_fit)
+    print(dump(p) if args.json else format_plan(p))
     return 0
 
 
@@ -97,6 +123,7 @@ def add_commands(sub) -> None:
     c.add_argument("--metric", default="accuracy")
     c.add_argument("--split", default="test", choices=["val", "test"])
     c.add_argument("--png", default="compare.png", help="where to write the plot (default compare.png)")
+    c.add_argument("--json", action="store_true", help="print the rows (and the plot's path) as one JSON document")
     c.set_defaults(func=cmd_compare)
 
     pl = sub.add_parser("plan", help="predict a training run's FLOPs, time, energy, CO2e and cost")
@@ -111,6 +138,7 @@ def add_commands(sub) -> None:
     pl.add_argument("--from", dest="from_run", help="calibrate MFU and J/FLOP from this measured run directory")
     pl.add_argument("--from-fit", help="fit.json of powertrain scale: predict the loss too, split a --flops budget by the "
                                        "fitted law, calibrate MFU and J/FLOP from its runs")
+    pl.add_argument("--json", action="store_true", help="print the plan as one JSON document")
     carbon_args(pl)
     pl.set_defaults(func=cmd_plan)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .common import CHECKPOINT_HELP, number
+from .runs import dump
 
 
 def cmd_explain(args) -> int:
@@ -11,6 +12,9 @@ def cmd_explain(args) -> int:
     r = explain(args.run_dir, methods, split=args.split, n=number(args.n, "--n", int, "a whole number >= 2"),
                 target=args.target, checkpoint=args.checkpoint, seed=number(args.seed, "--seed", int, "a whole number"),
                 checks=args.checks)
+    if args.json:
+        print(dump(r))
+        return 0
     print(format_explain(r))
     print(f"written: {args.run_dir}/explain.json, {args.run_dir}/{r['picture']}")
     return 0
@@ -21,6 +25,9 @@ def cmd_audit(args) -> int:
 
     r = audit(args.run_dir, n=number(args.n, "--n", int, "a whole number >= 10"), nonmembers=args.nonmembers,
               seed=number(args.seed, "--seed", int, "a whole number"), checkpoint=args.checkpoint)
+    if args.json:
+        print(dump(r))
+        return 0
     print(format_audit(r))
     print(f"written: {args.run_dir}/audit.json, {args.run_dir}/{r['picture']}")
     return 0
@@ -38,6 +45,7 @@ def add_commands(sub) -> None:
     ex.add_argument("--no-checks", dest="checks", action="store_false", help="only the maps: no deletion, "
                                                                             "randomisation, infidelity, sensitivity")
     ex.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    ex.add_argument("--json", action="store_true", help="print explain.json's content as one JSON document")
     ex.set_defaults(func=cmd_explain)
 
     au = sub.add_parser("audit", help="membership-inference audit of a run: AUC, TPR at 1%% FPR, the bound of its privacy")
@@ -46,4 +54,5 @@ def add_commands(sub) -> None:
     au.add_argument("--nonmembers", choices=["val", "test"], help="held-out split (default test, else val)")
     au.add_argument("--seed", default="0", help="which samples, and the bootstrap's draws (default 0)")
     au.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    au.add_argument("--json", action="store_true", help="print audit.json's content as one JSON document")
     au.set_defaults(func=cmd_audit)

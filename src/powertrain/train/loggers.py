@@ -280,8 +280,13 @@ class MLflowLogger(RunLogger):
         self.client = self.run_id = None
 
     def _open(self, trainer) -> None:
+        import logging
+
         from mlflow.tracking import MlflowClient
 
+        for name in ("mlflow", "alembic"):  # their INFO lines (database tables created, migrated) are not ours to print
+            if logging.getLogger(name).getEffectiveLevel() < logging.WARNING:
+                logging.getLogger(name).setLevel(logging.WARNING)
         self.client = MlflowClient(self.tracking_uri)
         uri = getattr(self.client, "tracking_uri", None) or self.tracking_uri
         run = trainer.run
