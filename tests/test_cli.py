@@ -82,3 +82,17 @@ def test_a_data_error_leaves_no_run_directory(tmp_path):
     p = run("train", "image224-cnn", "--out", str(tmp_path / "img"))  # no data.path: nothing to train on
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "data.path" in p.stderr
     assert not (tmp_path / "img").exists()
+
+
+def test_a_damaged_peak_cache_is_one_note_not_a_python_warning(tmp_path):
+    import os
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "peak.json").write_text('{"cut": 1')  # a cache cut short
+    p = subprocess.run([sys.executable, "-m", "powertrain", "peak"], capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "POWERTRAIN_CACHE_DIR": str(cache)})
+    assert p.returncode == 0 and "GFLOP/s fp32" in p.stdout, p.stderr
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"powertrain: note: peak cache '{cache / 'peak.json'}' is damaged"), lines
+    assert "UserWarning" not in p.stderr and "warnings.warn" not in p.stderr

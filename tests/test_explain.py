@@ -116,3 +116,27 @@ def test_bad_arguments_and_missing_captum_are_one_line(tmp_path, capsys, monkeyp
     assert main(["explain", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "pip install 'powertrain[trust]'" in err and len(err.splitlines()) == 1
+
+
+def test_explain_picture_has_a_colour_scale_and_the_checks_verdicts(tmp_path, capsys, monkeypatch):
+    from powertrain.trust import figures
+
+    drawn = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: (drawn.append(fig), save(fig, path))[1])
+    name, overrides = KINDS["image"]
+    run = _train(name, overrides, tmp_path / "img")
+    assert main(["explain", str(run.dir), "--n", "4", "--method", "saliency,integrated_gradients"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    r = json.loads((run.dir / "explain.json").read_text())
+    (fig,) = drawn
+    scales = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(scales) == 2  # one per method column
+    assert [ax.get_xlim() for ax in scales] == [(0.0, 1.0), (-1.0, 1.0)]  # saliency is a magnitude; IG is signed
+    footer = "\n".join(t.get_text() for t in fig.texts)
+    for method, e in r["methods"].items():
+        row = next(line.split() for line in table if line.startswith(method))  # explain's own table: faithful, sane
+        faithful, sane = row[2], row[4]
+        line = next(x for x in footer.splitlines() if figures.TITLES[method] + ":" in x)
+        assert f"faithful {faithful}" in line and f"sane {sane}" in line, (line, row)
+        assert (e["deletion"]["faithful"], e["randomization"]["passes"]) == (faithful == "yes", sane == "yes")

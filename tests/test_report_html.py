@@ -158,3 +158,31 @@ def test_report_refuses_what_is_not_a_run(tmp_path):
         render([tmp_path / "nope"])
     with pytest.raises(RunDirError, match="at least one run"):
         render([])
+
+
+def test_bill_section_reads_like_the_cli_bill(runs, tmp_path):
+    """The physical floor and the throughput as format_bill prints them; the energy method once per panel when
+    every bar shares it; a finished run whose bill.json is gone is not told it will come."""
+    import base64
+    import re
+
+    from powertrain.measure.bill import format_bill
+    from powertrain.report.figures import energy_figure
+
+    d = runs["digits-mlp"]
+    bill = json.loads((d / "bill.json").read_text())
+    page = render([d])
+    cli = {line.split("  ")[1].strip(): line.split("  ", 2)[-1].strip() for line in format_bill(bill).splitlines()[1:]
+           if not line.startswith("  note") and not line.startswith("   ")}
+    assert bill["floor"] and "physical floor" in cli
+    assert f"<td>physical floor</td><td>{cli['physical floor']}</td>" in page
+    assert f"<td>throughput</td><td>{cli['throughput']}</td>" in page and "e+0" not in cli["throughput"]
+    phases = {w.get("energy_method") for w in bill["energy"]["windows"].values()}
+    assert len(phases) == 1  # one method for every phase (an estimate here): said once in that panel
+    svg = base64.b64decode(re.search(r'base64,([^"]+)"', energy_figure(bill)).group(1)).decode()
+    assert svg.count(phases.pop()) <= 2, "the method label repeats under every bar"
+    gone = tmp_path / "no-bill"
+    shutil.copytree(d, gone)
+    (gone / "bill.json").unlink()
+    text = render([gone])
+    assert "written when training ends" not in text and "ended without a bill.json" in text

@@ -241,6 +241,22 @@ def busy_reason(before: CpuSample, after: CpuSample, threads: int | None = None,
     return ""
 
 
+class CacheNote(UserWarning):
+    """A note about the peak cache (it is rebuilt): shown as one line, `powertrain: note: ...`."""
+
+
+_format = warnings.formatwarning
+
+
+def _formatwarning(message, category, filename, lineno, line=None):
+    if isinstance(category, type) and issubclass(category, CacheNote):
+        return f"powertrain: note: {message}\n"
+    return _format(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _formatwarning  # only CacheNote changes: every other warning keeps Python's two lines
+
+
 def _read_cache(path: Path) -> dict:
     """The cache's valid entries; a damaged file or entry is ignored (and rebuilt) with a note."""
     try:
@@ -249,7 +265,7 @@ def _read_cache(path: Path) -> dict:
         return {}
     except OSError as e:
         warnings.warn(f"peak cache '{path}' cannot be read ({e.strerror or e}); the peak is measured again",
-                      stacklevel=3)
+                      CacheNote, stacklevel=3)
         return {}
     except ValueError as e:  # not JSON, not UTF-8 text
         entries, reason = {}, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
@@ -260,7 +276,7 @@ def _read_cache(path: Path) -> dict:
     if reason or len(good) < len(entries):
         reason = reason or f"{len(entries) - len(good)} malformed entries"
         warnings.warn(f"peak cache '{path}' is damaged ({reason}); ignored: the peak is measured again "
-                      f"and the cache rewritten", stacklevel=3)
+                      f"and the cache rewritten", CacheNote, stacklevel=3)
     return good
 
 
@@ -286,7 +302,7 @@ def _write_cache(path: Path, entries: dict) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         warnings.warn(f"peak cache '{path}' not written ({e.strerror or e}); the peak is measured again next "
-                      f"time (set POWERTRAIN_CACHE_DIR to a writable folder)", stacklevel=3)
+                      f"time (set POWERTRAIN_CACHE_DIR to a writable folder)", CacheNote, stacklevel=3)
 
 
 def cpu_peak(dtype: str = "fp32", cache: Path | str | None = None, refresh: bool = False) -> Peak:

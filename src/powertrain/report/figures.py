@@ -138,14 +138,16 @@ def energy_figure(bill: dict) -> Optional[str]:
     rows = max(len(comps), len(phases))
     fig, axes = plt.subplots(1, 2 if phases else 1, figsize=(12, 0.5 * rows + 1.2), squeeze=False)
     for ax, items, title in ((axes[0][0], comps, "by component"), *(((axes[0][1], phases, "by phase"),) if phases else ())):
-        labels = [f"{name}\n{method}" for name, _, method in items][::-1]
+        methods = {method for _, _, method in items}
+        same = methods.pop() if len(methods) == 1 else None  # one method for every bar: said once, under the axis
+        labels = [name if same else f"{name}\n{method}" for name, _, method in items][::-1]
         vals = [x for _, x, _ in items][::-1]
         colors = [_method_color(m) for _, _, m in items][::-1]
         ax.barh(labels, vals, color=colors)
         for i, x in enumerate(vals):
             ax.text(x, i, f" {x:.3g} J ({x / total:.0%})", va="center", fontsize=8)
         ax.set_xlim(0, max(vals) * 1.4 if max(vals) > 0 else 1)
-        ax.set_xlabel(f"joules (total {total:.3g} J)")
+        ax.set_xlabel(f"joules (total {total:.3g} J)" + (f"\nevery bar: {same}" if same else ""))
         ax.set_title(f"energy {title} (orange: estimated, green: measured, purple: both)", fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()

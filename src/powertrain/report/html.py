@@ -27,6 +27,7 @@ from typing import Optional
 from ..settings import VERSION as __version__
 from ..run.atomic import atomic_write
 from ..errors import RunDirError
+from ..measure.bill import _si
 from .figures import confusion_figure, curves_figure, energy_figure, per_class, phase_figure
 from .markup import _img, esc, num, section, table
 from .sweep_page import sweep_html, sweep_runs
@@ -81,6 +82,9 @@ def unfinished_html(v: View) -> str:
 def bill_html(v: View) -> str:
     b = v.bill
     if not b:
+        if v.status.get("state") == "complete" or v.eval:  # it ended, but has no bill: removed, or never written
+            return ("<p>This run ended without a bill.json (removed, or never written by the tool that ran it); "
+                    "what follows comes from metrics.jsonl.</p>")
         return "<p>No bill.json yet: the bill is written when training ends.</p>"
     fl, t, e = b.get("flops") or {}, b.get("time_s") or {}, b.get("energy") or {}
     mfu = b.get("mfu") or {}
@@ -90,7 +94,8 @@ def bill_html(v: View) -> str:
         ["FLOPs / sample (forward)", num(fl.get("per_sample_forward"), "FLOP")],
         ["training FLOPs", f"{num(fl.get('train_total'), 'FLOP')} over {num(b.get('steps'))} steps, {num(b.get('samples_trained'))} samples"],
         ["time", num(t.get("total"), " s")],
-        ["throughput", f"{num((b.get('throughput') or {}).get('samples_per_s'))} samples/s"],
+        ["throughput", f"{esc(_si((b.get('throughput') or {}).get('samples_per_s')))} samples/s, "
+                       f"{esc(_si((b.get('throughput') or {}).get('model_flops_per_s'), 'FLOP/s'))}"],
         ["MFU", (f"{mfu['value']:.2%} of {num(peak.get('flops_per_s'), 'FLOP/s')} ({esc(peak.get('source', ''))})"
                  if mfu.get("value") is not None else esc(mfu.get("note") or "-"))],
         ["peak memory", f"{num((b.get('peak_memory') or {}).get('peak_bytes'), 'B')} ({esc((b.get('peak_memory') or {}).get('method', ''))})"],
@@ -101,6 +106,10 @@ def bill_html(v: View) -> str:
     ]
     if b.get("cost") is not None:
         rows.append(["electricity cost", num(b["cost"])])
+    floor = b.get("floor")
+    if floor and floor.get("energy_j") is not None:  # the line format_bill prints
+        eff = f" (this run: {floor['efficiency']:.2%} of that efficiency)" if floor.get("efficiency") else ""
+        rows.append(["physical floor", esc(f"{_si(floor['energy_j'], 'J')} at peak FLOP/J{eff}")])
     body = table(["", ""], rows, "kv")
     fig = phase_figure(b)
     if fig:

@@ -417,7 +417,7 @@ def explain(run_dir: str | Path, methods=METHODS, split: Optional[str] = None, n
         quiet.__exit__(None, None, None)
     bill = make_bill(meter, BillRecord(params=count_params(model), steps=0, samples_trained=0, device=trainer.device,
                                        precision=trainer.precision))
-    picture = explain_picture(run.explain_picture, task, maps, meta, model)
+    picture = explain_picture(run.explain_picture, task, maps, meta, model, checks=report)
     train_bill = run.read("bill", required=False) or {}
     train_j = (train_bill.get("energy") or {}).get("total_j")
     result = {

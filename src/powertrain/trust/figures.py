@@ -52,16 +52,52 @@ def _labels(task, meta) -> list[str]:
     return [f"true {name(t)} / pred {name(p)}" for t, p in zip(task.labels, pred)]
 
 
-def explain_picture(path: Path, task, maps: dict, meta, model) -> Path:
-    """The attribution maps of `maps` ({method: tensor}) in the layout of the data kind."""
+def explain_picture(path: Path, task, maps: dict, meta, model, checks: Optional[dict] = None) -> Path:
+    """The attribution maps of `maps` ({method: tensor}) in the layout of the data kind, with a colour scale
+    and, given `checks` (explain.json's "methods"), each method's verdicts under the maps."""
+    return _save(explain_figure(task, maps, meta, checks), path)
+
+
+def explain_figure(task, maps: dict, meta, checks: Optional[dict] = None):
     shape = tuple(task.x.shape[1:])
     if task.tokens:
-        return _text(path, task, maps, meta)
-    if len(shape) == 3 or (task.kind == "reconstruction" and len(shape) >= 2):
-        return _images(path, task, maps, meta)
-    if len(shape) == 2:
-        return _signals(path, task, maps, meta)
-    return _table(path, task, maps, meta)
+        fig = _text(task, maps, meta)
+    elif len(shape) == 3 or (task.kind == "reconstruction" and len(shape) >= 2):
+        fig = _images(task, maps, meta)
+    elif len(shape) == 2:
+        fig = _signals(task, maps, meta)
+    else:
+        fig = _table(task, maps, meta)
+    lines = [verdict_line(m, e) for m, e in (checks or {}).items()]
+    if any(lines):
+        fig.text(0.01, -0.005, "checks: " + "\n        ".join(x for x in lines if x), fontsize=7, va="top",
+                 family="monospace")
+    return fig
+
+
+def verdict_line(method: str, e: dict) -> str:
+    """One method's verdicts as explain's table prints them: deletion (faithful) and randomisation (sane)."""
+    d, rz = e.get("deletion") or {}, e.get("randomization") or {}
+    parts = []
+    if d:
+        area = d.get("area_accuracy", d.get("area_score"))
+        parts.append(f"faithful {'yes' if d.get('faithful') else 'no'}"
+                     + (f" (deletion area {area:+.3f})" if area is not None else ""))
+    if rz:
+        rho = rz.get("spearman")
+        parts.append(f"sane {'yes' if rz.get('passes') else 'NO'}"
+                     + (f" (rho {rho:.2f} to randomised weights; sane below {rz.get('threshold')})" if rho is not None else ""))
+    return f"{TITLES.get(method, method)}: " + ", ".join(parts) if parts else ""
+
+
+def _scale(fig, cmap: str, signed: bool, ax, orientation: str = "horizontal") -> None:
+    """A colour scale for maps each scaled to its own largest |attribution| (so -1..1, or 0..1 for magnitudes)."""
+    import matplotlib
+
+    sm = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(-1.0 if signed else 0.0, 1.0), cmap=cmap)
+    cb = fig.colorbar(sm, ax=ax, orientation=orientation, fraction=0.05, pad=0.02)
+    cb.set_label("/ each map's max |attr.|", fontsize=6)
+    cb.ax.tick_params(labelsize=6)
 
 
 def _norm(a: np.ndarray, signed: bool) -> tuple[np.ndarray, float, float]:
@@ -69,7 +105,7 @@ def _norm(a: np.ndarray, signed: bool) -> tuple[np.ndarray, float, float]:
     return a, (-m if signed else 0.0), m
 
 
-def _images(path, task, maps, meta) -> Path:
+def _images(task, maps, meta):
     from ..train.figures import _to_pixels
 
     plt = _plt()
@@ -105,10 +141,12 @@ def _images(path, task, maps, meta) -> Path:
         title = "attribution to the target class: red supports it, blue opposes it"
     fig.suptitle(title + " (saliency: magnitude)", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
-    return _save(fig, path)
+    for j, m in enumerate(methods):  # after the layout: one scale under each method's column
+        _scale(fig, "bwr" if SIGNED[m] else "hot", SIGNED[m], list(axes[:, j + 1]))
+    return fig
 
 
-def _signals(path, task, maps, meta) -> Path:
+def _signals(task, maps, meta):
     plt = _plt()
     n = min(6, len(task.x))
     labels = _labels(task, meta)
@@ -133,12 +171,12 @@ def _signals(path, task, maps, meta) -> Path:
                 ax.set_title(TITLES[m], fontsize=8)
             if j == 0:
                 ax.set_ylabel(labels[i], fontsize=6)
-    fig.suptitle("signal (black) and its attribution along it (bars: red supports the target, blue opposes)",
-                 fontsize=8)
-    return _save(fig, path)
+    fig.suptitle("signal (black) and its attribution along it (bars: red supports the target, blue opposes; "
+                 "each sample's largest |attribution| is 0.6 of its signal's range)", fontsize=8)
+    return fig
 
 
-def _table(path, task, maps, meta) -> Path:
+def _table(task, maps, meta):
     plt = _plt()
     names = list((meta.extra or {}).get("feature_names") or [f"x{i}" for i in range(task.x.shape[1])])
     methods = list(maps)
@@ -168,16 +206,17 @@ def _table(path, task, maps, meta) -> Path:
     ax2.set_xticks(range(n))
     ax2.set_xticklabels([lab.replace(" / ", "\n") for lab in labels[:n]], fontsize=5, rotation=90)
     ax2.set_title(f"per sample: {TITLES[key]} (red supports the target)", fontsize=9)
-    fig.colorbar(im, ax=ax2, fraction=0.04)
+    cb = fig.colorbar(im, ax=ax2, fraction=0.04)
+    cb.set_label("attribution", fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def _shown(ch: str) -> str:
     return {"\n": "⏎", "\t": "⇥", " ": "·"}.get(ch, ch if ch.isprintable() else "?")
 
 
-def _text(path, task, maps, meta) -> Path:
+def _text(task, maps, meta):
     plt = _plt()
     import matplotlib
 
@@ -214,7 +253,9 @@ def _text(path, task, maps, meta) -> Path:
                 ax.text(0.5 + col, y + row, _shown(ch), fontsize=7, family="monospace", ha="center", va="center",
                         bbox=dict(boxstyle="square,pad=0.15", fc=cmap(float(v)), ec="none"))
             y += lines_per + 0.4
-    return _save(fig, path)
+    signed = any(SIGNED[m] for m in methods)
+    _scale(fig, "bwr" if signed else "Reds", signed, ax)
+    return fig
 
 
 # ---------------------------------------------------------------- the audit's ROC curve
