@@ -118,6 +118,7 @@ class RunConfig(Strict):
     parent: Optional[str] = None  # the run this one derives from (set by distill and model.init_from); compare joins them
     tensorboard: bool = False  # write TensorBoard event files into <run>/tensorboard (pip install 'powertrain[tensorboard]')
     mlflow: bool | str = False  # log to MLflow: true = MLflow's default store (./mlflow.db or ./mlruns), or a tracking URI
+    wandb: bool = False  # log to Weights & Biases under <run>/wandb, offline unless WANDB_MODE says otherwise (pip install 'powertrain[wandb]')
 
 
 class Section(BaseModel):

@@ -58,11 +58,16 @@ def build_trainer(recipe: Recipe, run: Optional[RunDir], callbacks=None, *, teac
     meter = Meter(carbon=carbon_model(recipe.run))
     if recipe.run.idle_baseline_s:
         meter.measure_idle(recipe.run.idle_baseline_s)
-    if run is not None and writes and main and (recipe.run.tensorboard or recipe.run.mlflow):
-        from . import loggers  # TensorBoard / MLflow: a missing package fails here, before anything trains
+    if run is not None and writes and main and (recipe.run.tensorboard or recipe.run.mlflow or recipe.run.wandb):
+        from . import loggers  # TensorBoard / MLflow / W&B: a missing package fails here, before anything trains
         from .callbacks import Progress
 
-        callbacks = [*([Progress()] if callbacks is None else callbacks), *loggers.for_recipe(recipe.run)]
+        extra = loggers.for_recipe(recipe.run)
+        if recipe.run.wandb:
+            from .wandb_logger import WandbLogger
+
+            extra.append(WandbLogger())
+        callbacks = [*([Progress()] if callbacks is None else callbacks), *extra]
     kwargs = dict(run_dir=run if run is not None and writes else None, callbacks=callbacks,
                   seed=recipe.run.seed, meter=meter)
     if recipe.train.privacy is not None:  # DP-SGD (privacy.py): a PrivateTrainer, as train.distill picks a Distiller
