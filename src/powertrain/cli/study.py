@@ -35,7 +35,7 @@ def cmd_sweep(args) -> int:
             sweep.work(say)
             return 0
         if args.summary:
-            summary = summarize(sweep)
+            summary = summarize(sweep, from_folders=True)  # a damaged journal: the table from the trial folders
             print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
             return 0
     else:

@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Optional
 
 from ..run.atomic import write_json
+from ..errors import RunDirError
+from ..recipe.strict import load_yaml
+from .journal import JournalDamaged
 from .plan import human_energy
+from .space import override
 from ..run.records import read_json
 
 COSTS = {"energy_j": ("energy", "total_j"), "flops": ("flops", "train_total"), "time_s": ("time_s", "total"),
@@ -58,10 +62,42 @@ def command(sweep, overrides: list[str]) -> str:
     return shlex.join(["powertrain", "train", sweep.cfg["recipe"], *fixed, *overrides])
 
 
-def summarize(sweep, png: bool = True) -> dict:
+def _value(raw: dict, key: str):
+    v = raw
+    for part in key.split("."):
+        v = v.get(part) if isinstance(v, dict) else None
+    return v
+
+
+def rows_from_folders(sweep) -> list[dict]:
+    """The summary's rows read from SWEEP_DIR/trials/trial-NNNN/ alone: each trial's own settings (its
+    recipe's value of every key of the space), its state (COMPLETE, PRUNED from eval.json's stop reason,
+    INCOMPLETE without eval.json) and what it measured."""
+    rows = []
+    folders = sorted(p for p in sweep.trials_dir.glob("trial-*") if p.is_dir()) if sweep.trials_dir.is_dir() else []
+    for folder in folders:
+        try:
+            number = int(folder.name.split("-", 1)[1])
+            raw = load_yaml((folder / "recipe.yaml").read_text(encoding="utf-8"), str(folder / "recipe.yaml"))
+        except Exception:  # noqa: BLE001  (not a trial folder we can read: left out of the table)
+            continue
+        own = [override(d.key, _value(raw, d.key)) for d in sweep.dims]
+        m, state, error = None, "INCOMPLETE", "no eval.json: the trial did not finish"
+        if (folder / "eval.json").is_file() and (folder / "bill.json").is_file():
+            try:
+                m = measured(folder)
+                state = "PRUNED" if m.get("stop_reason") == "pruned" else "COMPLETE"
+                error = None
+            except RunDirError as e:
+                error = str(e)
+        rows.append({"number": number, "state": state, "overrides": own, "run_dir": str(folder), "error": error,
+                     "measured": m, "pruned_at_step": (m or {}).get("steps") if state == "PRUNED" else None})
+    return rows
+
+
+def study_rows(sweep) -> list[dict]:
+    """One row per trial of the sweep's study (its journal or database)."""
     study, _ = sweep.studies()
-    split, objs = sweep.cfg["split"], sweep.objectives
-    signs = [1 if d == "maximize" else -1 for _, d in objs]
     rows = []
     for t in study.get_trials(deepcopy=False):
         m = t.user_attrs.get("measured")
@@ -71,6 +107,22 @@ def summarize(sweep, png: bool = True) -> dict:
         if m and row["pruned_at_step"] is not None:
             row["saved_energy_j"] = _saved(m, t.user_attrs.get("planned_steps"))
         rows.append(row)
+    return rows
+
+
+def summarize(sweep, png: bool = True, from_folders: bool = False) -> dict:
+    """The sweep's summary from its study; with `from_folders`, when the study's journal is damaged, from
+    the trial folders instead (`rows_from_folders`), said in the summary's "note"."""
+    split, objs = sweep.cfg["split"], sweep.objectives
+    signs = [1 if d == "maximize" else -1 for _, d in objs]
+    note = None
+    try:
+        rows = study_rows(sweep)
+    except JournalDamaged as e:
+        if not from_folders:
+            raise
+        rows = rows_from_folders(sweep)
+        note = f"{e}; this table was rebuilt from the {len(rows)} trial folders (their states read from eval.json)"
     done = {r["number"]: [value_of(r["measured"], n, split) for n, _ in objs] for r in rows if r["state"] == "COMPLETE"}
     pareto = front(done, signs)
     baseline = None
@@ -84,7 +136,8 @@ def summarize(sweep, png: bool = True) -> dict:
                "energy": {"trials_j": spent, "saved_by_pruning_j": sum(saved), "pruned": len(saved),
                           "saved_note": "estimated: each pruned trial's measured training J per step x the steps it "
                                         "did not run"},
-               "states": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})}}
+               "states": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})},
+               "note": note}
     if chosen and baseline:
         cost = next(n for n, _ in objs if n in COSTS) if any(n in COSTS for n, _ in objs) else None
         if cost and baseline.get(cost):
@@ -115,7 +168,14 @@ def format_summary(s: dict) -> str:
     split, objs = s["split"], s["objectives"]
     metric = next(n for n, _ in objs if n not in COSTS)
     head = f"{'#':>3}  {'state':8} {split + ' ' + metric:>14} {'test ' + metric:>14} {'energy':>10} {'time s':>8}  settings"
-    lines = [head]
+    lines = ([f"note: {s['note']}"] if s.get("note") else []) + [head]
+    running = [r["number"] for r in s["trials"] if r["state"] in ("RUNNING", "INCOMPLETE")]
+    if running:
+        many = len(running) > 1
+        lines.insert(0, f"note: trial{'s' if many else ''} {', '.join(map(str, running))} {'are' if many else 'is'} "
+                        f"still running in another worker (or {'were' if many else 'was'} cut short): this summary "
+                        f"is partial; `powertrain sweep --resume {s['sweep']} --summary` once "
+                        f"{'they finish' if many else 'it finishes'}")
     for r in s["trials"]:
         m = r["measured"] or {}
         v, t = value_of(m, metric, split), (m.get("test") or {}).get(metric)
