@@ -26,10 +26,15 @@ def cmd_bill(args) -> int:
 
 
 def cmd_regions(args) -> int:
-    from ..measure import REGIONS
+    from ..measure.carbon import all_regions
 
-    for r in sorted(REGIONS.values(), key=lambda r: r.g_per_kwh):
-        print(f"{r.region:<12} {r.g_per_kwh:>6g} g CO2e/kWh  ({r.year}; {r.source})")
+    regions = sorted(all_regions(), key=lambda r: (r.g_per_kwh, r.region))
+    if args.json:
+        print(dump([r.__dict__ for r in regions]))
+        return 0
+    width = max(len(r.region) for r in regions)
+    for r in regions:
+        print(f"{r.region:<{width}} {r.g_per_kwh:>7.4g} g CO2e/kWh  ({r.year or 'year not given'}; {r.source})")
     return 0
 
 
@@ -116,7 +121,9 @@ def add_commands(sub) -> None:
     b.add_argument("--json", action="store_true", help="print bill.json")
     carbon_args(b)
     b.set_defaults(func=cmd_bill)
-    sub.add_parser("regions", help="list the grid regions and their carbon intensity").set_defaults(func=cmd_regions)
+    rg = sub.add_parser("regions", help="list the countries and cloud regions (--region) and their grid's carbon intensity")
+    rg.add_argument("--json", action="store_true", help="print the regions as one JSON document")
+    rg.set_defaults(func=cmd_regions)
 
     c = sub.add_parser("compare", help="compare runs: table and Pareto plot of metric vs energy and FLOPs")
     c.add_argument("run_dirs", nargs="+")

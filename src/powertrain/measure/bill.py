@@ -210,7 +210,8 @@ def format_bill(bill: dict) -> str:
         ("J / training sample", _si(bill["j_per_train_sample"], "J")),
         ("J / inference sample", _si(bill["j_per_inference_sample"], "J")),
         ("CO2e", f"{bill['co2e_g']:.3g} g ({e['carbon']['intensity']['region']}, "
-                 f"{e['carbon']['intensity']['g_per_kwh']:g} g/kWh, PUE {e['carbon']['pue']:g})"
+                 f"{e['carbon']['intensity']['g_per_kwh']:g} g/kWh, PUE {e['carbon']['pue']:g}; "
+                 f"{e['carbon']['intensity'].get('source') or 'source not recorded'})"
          if bill["co2e_g"] is not None else "-"),
     ]
     if bill.get("cost"):

@@ -1,6 +1,8 @@
 """CO2e and cost of energy: kWh x PUE x grid intensity (g CO2e/kWh), and kWh x PUE x price.
 
-Grid intensities are yearly averages of electricity *generation* (lifecycle, g CO2e/kWh) from
+With CodeCarbon installed (`pip install 'powertrain[carbon]'`), a region is first looked up in its tables
+(measure/tables.py: ~210 countries and the cloud providers' regions); the table below answers otherwise.
+Grid intensities here are yearly averages of electricity *generation* (lifecycle, g CO2e/kWh) from
 Ember's yearly electricity data (with the Energy Institute), as tabulated by Our World in Data
 for 2023; the world figure is Ember's Global Electricity Review 2024. A yearly average is not
 the marginal or hourly intensity of your grid at the time of your run: pass your own number
@@ -11,8 +13,8 @@ measures the computer, and a local machine has no data-centre overhead on top. F
 centre pass its PUE (hyperscalers publish ~1.1-1.2).
 
 >>> grid = CarbonModel(grid_intensity("france"))
->>> grid.co2e_g(3.6e6)                     # 1 kWh at 56 g/kWh
-56.0
+>>> round(grid.co2e_g(3.6e6))              # 1 kWh at 56 g/kWh
+56
 >>> round(CarbonModel(grid_intensity(400), pue=1.5, price_per_kwh=0.2).cost(3.6e6), 6)  # 1 kWh x 1.5 x 0.2
 0.3
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-__all__ = ["GridIntensity", "REGIONS", "grid_intensity", "CarbonModel", "J_PER_KWH"]
+__all__ = ["GridIntensity", "REGIONS", "grid_intensity", "all_regions", "CarbonModel", "J_PER_KWH"]
 
 J_PER_KWH = 3.6e6
 _OWID = ("Ember & Energy Institute via Our World in Data, 'Carbon intensity of electricity generation' "
@@ -56,20 +58,37 @@ REGIONS: dict[str, GridIntensity] = {r.region: r for r in (
 
 
 def grid_intensity(region_or_g_per_kwh: str | float) -> GridIntensity:
-    """A region from `REGIONS` (case-insensitive), or a number of g CO2e/kWh given directly.
+    """A country or cloud region from CodeCarbon's tables (when installed), else from `REGIONS`
+    (case-insensitive), or a number of g CO2e/kWh given directly.
 
-    >>> grid_intensity("Germany").g_per_kwh, grid_intensity(120).source
+    >>> round(grid_intensity("Germany").g_per_kwh), grid_intensity(120).source
     (381, 'given')
     """
     if isinstance(region_or_g_per_kwh, (int, float)):
         if region_or_g_per_kwh < 0:
             raise ValueError(f"grid intensity: {region_or_g_per_kwh} g/kWh is negative; expected >= 0")
         return GridIntensity("given", float(region_or_g_per_kwh), "given")
+    from .tables import codecarbon_data, find_grid
+
     key = region_or_g_per_kwh.strip().lower()
+    g = find_grid(key)
+    if g is not None:
+        return GridIntensity(g.region, g.g_per_kwh, g.source, g.year)
     if key not in REGIONS:
-        raise ValueError(f"region '{region_or_g_per_kwh}' is not in the grid table; expected one of "
-                         f"{', '.join(sorted(REGIONS))}, or a number of g CO2e/kWh")
+        known = ("a country, its ISO code or a cloud region listed by `powertrain regions`" if codecarbon_data()
+                 else f"one of {', '.join(sorted(REGIONS))} (more with pip install 'powertrain[carbon]')")
+        raise ValueError(f"region '{region_or_g_per_kwh}' is not in the grid tables; expected {known}, "
+                         f"or a number of g CO2e/kWh")
     return REGIONS[key]
+
+
+def all_regions() -> list[GridIntensity]:
+    """Every region `grid_intensity` knows: CodeCarbon's countries and cloud regions, then ours that it lacks."""
+    from .tables import grids
+
+    out = [GridIntensity(g.region, g.g_per_kwh, g.source, g.year) for g in grids()]
+    have = {r.region for r in out}
+    return out + [r for r in REGIONS.values() if r.region not in have]
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ class GpuSpec:
 _NV = "NVIDIA datasheet"
 # Order matters: the first pattern that matches wins (PCIe before SXM, L40S before L4).
 GPU_PEAKS: tuple[GpuSpec, ...] = (
+    # H100 PCIe/SXM: NVIDIA H100 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/h100)
     GpuSpec("NVIDIA H100 PCIe", r"h100.*pcie",
             {"fp64": 26 * T, "fp32": 51 * T, "tf32": 378 * T, "bf16": 756 * T, "fp16": 756 * T, "fp8": 1513 * T},
             350.0, f"{_NV} H100 PCIe (tensor figures listed with sparsity; halved); max TDP 350 W"),
@@ -79,10 +80,14 @@ GPU_PEAKS: tuple[GpuSpec, ...] = (
             {"fp64": 34 * T, "fp32": 67 * T, "tf32": 494.7 * T, "bf16": 989.4 * T, "fp16": 989.4 * T,
              "fp8": 1978.9 * T},
             700.0, f"{_NV} H100 SXM5 (tensor figures listed with sparsity; halved); max TDP 700 W"),
+    # H200: NVIDIA H200 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/h200): FP64 34, FP32 67, TF32 989,
+    # BF16/FP16 1,979, FP8 3,958 TFLOPS, the tensor figures with sparsity (halved here); up to 700 W.
     GpuSpec("NVIDIA H200 SXM", r"h200(?!.*nvl)",
             {"fp64": 34 * T, "fp32": 67 * T, "tf32": 494.7 * T, "bf16": 989.4 * T, "fp16": 989.4 * T,
              "fp8": 1978.9 * T},
             700.0, f"{_NV} H200 SXM (same compute as H100 SXM; sparse figures halved); max TDP 700 W"),
+    # A100: NVIDIA A100 Tensor Core GPU datasheet (nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf): FP64 9.7,
+    # FP32 19.5, TF32 156, BF16/FP16 312 TFLOPS dense; 250/300/400 W.
     GpuSpec("NVIDIA A100 PCIe 40GB", r"a100.*pcie.*40gb|a100.*40gb.*pcie",
             {"fp64": 9.7 * T, "fp32": 19.5 * T, "tf32": 156 * T, "bf16": 312 * T, "fp16": 312 * T},
             250.0, f"{_NV} A100 (dense tensor figures; sparse are 2x); A100 PCIe 40GB TDP 250 W"),
@@ -95,9 +100,12 @@ GPU_PEAKS: tuple[GpuSpec, ...] = (
     GpuSpec("NVIDIA A10", r"\ba10\b",
             {"fp32": 31.2 * T, "tf32": 62.5 * T, "bf16": 125 * T, "fp16": 125 * T},
             150.0, f"{_NV} A10 (tensor figures listed with sparsity; halved); 150 W"),
+    # L40S: NVIDIA L40S datasheet: FP32 91.6, TF32 183/366, BF16/FP16 362.05/733, FP8 733/1,466 TFLOPS (dense /
+    # sparse); 350 W.
     GpuSpec("NVIDIA L40S", r"l40s",
             {"fp32": 91.6 * T, "tf32": 183 * T, "bf16": 362.05 * T, "fp16": 362.05 * T, "fp8": 733 * T},
             350.0, f"{_NV} L40S (tensor figures listed with sparsity; halved); max power 350 W"),
+    # L4: NVIDIA L4 datasheet: FP32 30.3, TF32 120, BF16/FP16 242, FP8 485 TFLOPS with sparsity (halved); 72 W.
     GpuSpec("NVIDIA L4", r"\bl4\b",
             {"fp32": 30.3 * T, "tf32": 60 * T, "bf16": 121 * T, "fp16": 121 * T, "fp8": 242.5 * T},
             72.0, f"{_NV} L4 (tensor figures listed with sparsity; halved); max power 72 W"),
@@ -110,10 +118,20 @@ GPU_PEAKS: tuple[GpuSpec, ...] = (
     GpuSpec("NVIDIA T4", r"\bt4\b",
             {"fp32": 8.1 * T, "fp16": 65 * T},
             70.0, f"{_NV} T4 (fp16 = tensor-core mixed precision; no bf16); 70 W"),
+    # RTX 5090: NVIDIA RTX Blackwell GPU architecture whitepaper (GB202): FP32 104.8 TFLOPS; tensor rates dense, with
+    # FP32 accumulate (GeForce runs it at half the FP16-accumulate rate: FP16 419 dense, 838 sparse); 575 W TGP.
+    GpuSpec("NVIDIA GeForce RTX 5090", r"rtx 5090",
+            {"fp32": 104.8 * T, "tf32": 104.8 * T, "bf16": 209.5 * T, "fp16": 209.5 * T, "fp8": 419 * T},
+            575.0, "NVIDIA RTX Blackwell architecture whitepaper, RTX 5090 (tensor figures with FP32 accumulate, "
+                   "dense; GeForce halves FP32-accumulate rate); 575 W TGP"),
+    # RTX 4090: NVIDIA Ada Lovelace GPU architecture whitepaper v2.1, appendix table (AD102): FP32 82.6, TF32 82.6,
+    # BF16/FP16 with FP32 accumulate 165.2, FP8 with FP32 accumulate 330.3 TFLOPS dense; 450 W TGP.
     GpuSpec("NVIDIA GeForce RTX 4090", r"rtx 4090",
             {"fp32": 82.6 * T, "tf32": 82.6 * T, "bf16": 165.2 * T, "fp16": 165.2 * T, "fp8": 330.3 * T},
             450.0, "NVIDIA Ada Lovelace architecture whitepaper, RTX 4090 (tensor figures with FP32 "
                    "accumulate, dense; GeForce halves FP32-accumulate rate); 450 W TGP"),
+    # MI300X: AMD Instinct MI300X data sheet (amd.com): FP64 vector 81.7, FP32 vector 163.4, TF32 653.7, FP16/BF16
+    # 1,307.4, FP8 2,614.9 TFLOPS dense; 750 W.
     GpuSpec("AMD Instinct MI300X", r"mi300x",
             {"fp64": 81.7 * T, "fp32": 163.4 * T, "tf32": 653.7 * T, "bf16": 1307.4 * T, "fp16": 1307.4 * T,
              "fp8": 2614.9 * T},

@@ -70,8 +70,11 @@ CPU_TDP: tuple[CpuTdp, ...] = (
 def cpu_w_per_core(model_name: str | None = None, setting: float | None = None) -> tuple[float, str]:
     """(W per core, where it came from) for the estimate. A setting wins, then the table.
 
-    >>> cpu_w_per_core("AMD EPYC 7763 64-Core Processor")
-    (4.375, 'AMD EPYC 7763: 280 W TDP / 64 cores (AMD product page (amd.com))')
+    With CodeCarbon installed its TDP table comes first (measure/tables.py), our `CPU_TDP` after; the
+    core count comes from the model name ("64-Core") or our table.
+
+    >>> cpu_w_per_core("AMD EPYC 7763 64-Core Processor")[0]
+    4.375
     """
     if setting is not None:
         return float(setting), f"setting: {setting} W per core"
@@ -84,9 +87,18 @@ def cpu_w_per_core(model_name: str | None = None, setting: float | None = None) 
         from ..peak import cpu_model_name
         model_name = cpu_model_name()
     name = model_name.lower()
-    for row in CPU_TDP:
-        if re.search(row.pattern, name):
-            return row.w_per_core, f"{row.model}: {row.tdp_w:g} W TDP / {row.cores} cores ({row.source})"
+    ours = next((row for row in CPU_TDP if re.search(row.pattern, name)), None)
+    from ..tables import cpu_tdp
+
+    theirs = cpu_tdp(model_name)
+    counted = re.search(r"\b(\d+)-core\b", name)
+    cores, cores_from = ((int(counted.group(1)), "from the model name") if counted else
+                         (ours.cores, ours.source) if ours else (None, None))
+    if theirs is not None and cores:
+        chip, tdp, source = theirs
+        return tdp / cores, f"{chip}: {tdp:g} W TDP ({source}) / {cores} cores ({cores_from})"
+    if ours is not None:
+        return ours.w_per_core, f"{ours.model}: {ours.tdp_w:g} W TDP / {ours.cores} cores ({ours.source})"
     median = statistics.median(r.w_per_core for r in CPU_TDP if r.server)
     return median, (f"'{model_name}' is not in the TDP table: median of its server chips, {median:.3f} W per "
                     f"core (set POWERTRAIN_CPU_W_PER_CORE to override)")
