@@ -60,7 +60,8 @@ def test_quiet_prints_no_mlflow_info_lines(tmp_path):
     pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     p = subprocess.run([sys.executable, "-m", "powertrain", "train", "xor", "train.max_steps=3", f"run.mlflow={uri}",
-                        "--out", str(tmp_path / "r"), "--quiet"], capture_output=True, text=True, timeout=300)
+                        "--out", str(tmp_path / "r"), "--quiet"], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)  # MLflow puts a sqlite store's artifacts under ./mlruns
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == str(tmp_path / "r"), p.stdout
     assert " INFO " not in p.stderr and "mlflow" not in p.stderr.lower(), p.stderr
