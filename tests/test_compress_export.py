@@ -1,8 +1,13 @@
 """Export: ONNX parity with the torch model (<= 1e-4, fp32) for an MLP, a CNN and a tiny GPT, checked
-again here with onnxruntime at another batch size against the checkpoint loaded by hand; safetensors
-holds the final weights and the recipe; the command and its refusals."""
+again here with onnxruntime at another batch size against the checkpoint loaded by hand; onnxruntime on
+raw inputs (the dataset's own units) gives what `powertrain predict` gives, for every model family and
+kind of input that exports, and the file carries its metadata; safetensors holds the final weights and the
+recipe; the command and its refusals."""
 import argparse
+import csv
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -18,6 +23,12 @@ from powertrain.shrink import export
 from powertrain.cli.shrink import add_commands
 from powertrain.errors import RecipeError
 from powertrain.recipe import parse_recipe
+from powertrain.infer.predict import predict
+from powertrain.settings import VERSION
+from powertrain.train.load import Units
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+from datafiles import write_image_folder  # noqa: E402
 
 TEXT = "".join(f"def f{i}(x):\n    return x * {i % 5}\n\n" for i in range(80))
 
@@ -50,7 +61,9 @@ def test_onnx_parity(runs, name):
     assert result["path"] == str(runs[name] / "export" / "model.onnx")
     model, x = by_hand(runs[name])
     session = ort.InferenceSession(result["path"], providers=["CPUExecutionProvider"])
-    theirs = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    raw = Units(powertrain.data.build(parse_recipe(yaml.safe_load((runs[name] / "recipe.yaml").read_text()))
+                                      .data.model_dump(), seed=0).meta).to_raw(x)  # the file takes raw inputs
+    theirs = session.run(None, {session.get_inputs()[0].name: raw.numpy()})[0]
     with torch.no_grad():
         ours = model(x).numpy()
     assert theirs.shape == ours.shape and np.abs(theirs - ours).max() <= 1e-4
@@ -83,3 +96,126 @@ def test_export_command_and_refusals(runs, tmp_path, capsys):
             args.func(args)
     with pytest.raises(RecipeError, match="--format"):
         export(runs["mlp"], format="tflite")
+
+
+# ---------------------------------------------------------------- raw inputs: ONNX equals predict
+DIGITS = {"name": "digits"}
+FAMILIES = {  # name -> (recipe, overrides, how its raw inputs are written)
+    "mlp": ("digits-mlp", [], "npy"),
+    "cnn": ("digits-cnn", [], "npy"),
+    "resnet": ({"data": DIGITS, "model": {"name": "resnet", "widths": [4, 8], "blocks": [1, 1]}}, [], "npy"),
+    "rnn": ("mnist1d-gru", ["model.hidden=8"], "npy"),
+    "transformer": ("mnist1d-transformer", ["model.d_model=16", "model.n_layer=1"], "npy"),
+    "autoencoder": ({"data": {**DIGITS, "reconstruct": True}, "model": {"name": "autoencoder", "encoder": [16, 4]}},
+                    [], "npy"),
+    "regression": ("diabetes-linear", [], "csv"),
+    "csv-table": ("csv-mlp", [], "table"),
+    "image-folder": ({"data": {"name": "image-folder", "size": 12, "channels": 3},
+                      "model": {"name": "cnn", "conv": [4], "pool": [2], "dense": [8]}}, [], "images"),
+    "gpt": (None, [], "prompt"),
+}
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory, runs):
+    root = tmp_path_factory.mktemp("families")
+    write_image_folder(root / "images", classes=("cat", "dog"), per_class=3, size=(12, 12))
+    out = {"gpt": runs["gpt"]}
+    for name, (recipe, over, _) in FAMILIES.items():
+        if recipe is None:
+            continue
+        if name == "image-folder":
+            recipe = {**recipe, "data": {**recipe["data"], "path": str(root / "images")}}
+        out[name] = powertrain.train(recipe, ["train.max_steps=2", "train.batch_size=4", *over],
+                                     out=root / name, callbacks=[]).dir
+    out["images"] = root / "images"
+    return out
+
+
+def raw_inputs(name: str, run_dir, folder, images):
+    """(the input predict reads, the same samples as an ONNX user feeds them: raw units, built here)."""
+    how = FAMILIES[name][2]
+    recipe = parse_recipe(yaml.safe_load((run_dir / "recipe.yaml").read_text()))
+    if how == "npy":  # the dataset's own units: its loader without standardisation
+        raw = powertrain.data.build({**recipe.data.model_dump(), "normalize": False}, seed=0)
+        x = raw.test.tensors[0][:6].numpy() if raw.test is not None else raw.val.tensors[0][:6].numpy()
+        np.save(folder / "x.npy", x)
+        return folder / "x.npy", x.astype(np.float32)
+    if how == "csv":  # rows of raw feature values
+        raw = powertrain.data.build({**recipe.data.model_dump(), "normalize": False}, seed=0)
+        x = raw.test.tensors[0][:6].numpy().astype(np.float64)
+        np.savetxt(folder / "x.csv", x, delimiter=",")
+        return folder / "x.csv", np.loadtxt(folder / "x.csv", delimiter=",").astype(np.float32)
+    if how == "table":  # the CSV's own columns; the ONNX input: the numeric features in the run's order
+        src = Path(powertrain.__file__).parent / "recipe" / "builtin" / "data" / "breast_cancer.csv"
+        rows = list(csv.reader(open(src)))[:7]
+        (folder / "x.csv").write_text("\n".join(",".join(r) for r in rows) + "\n")
+        trainer = lifecycle.build_trainer(recipe, None, [])
+        names = trainer.data.meta.extra["feature_names"]
+        cols = {h: i for i, h in enumerate(rows[0])}
+        return folder / "x.csv", np.array([[float(r[cols[n]]) for n in names] for r in rows[1:]], dtype=np.float32)
+    if how == "images":  # pixels 0-255 of the files, read with PIL, in the run's size
+        from PIL import Image
+
+        files = sorted((images / "dog").iterdir())
+        x = np.stack([np.asarray(Image.open(f).convert("RGB").resize((12, 12)), dtype=np.float32).transpose(2, 0, 1)
+                      for f in files])
+        return images / "dog", x
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_onnx_on_raw_inputs_equals_predict_and_carries_its_metadata(families, name, tmp_path):
+    import onnx
+
+    run_dir = families[name]
+    result = export(run_dir, format="onnx", out=tmp_path / "m.onnx")
+    assert result["ok"], result
+    props = {p.key: p.value for p in onnx.load(result["path"]).metadata_props}
+    meta_run = lifecycle.build_trainer(parse_recipe(yaml.safe_load((run_dir / "recipe.yaml").read_text())), None, [])
+    meta = meta_run.data.meta
+    assert props["powertrain_version"] == VERSION and props["task"] == meta.task
+    assert json.loads(props["input_shape"]) == ["batch", *meta.input_shape]
+    assert json.loads(props["class_names"]) == (meta.class_names or [])
+    assert yaml.safe_load(props["recipe"]) == yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    session = ort.InferenceSession(result["path"], providers=["CPUExecutionProvider"])
+    if name == "gpt":
+        prompt = "def f"
+        ids = meta.vocab.encode(prompt).reshape(1, -1).numpy()
+        logits = session.run(None, {"input": ids})[0]
+        first = meta.vocab.decode(torch.tensor([int(logits[0, -1].argmax())]))
+        assert predict(run_dir, prompt, max_new_tokens=1)["predictions"][0]["text"] == prompt + first
+        assert props["input_dtype"] == "int64"
+        return
+    given, x = raw_inputs(name, run_dir, tmp_path, families["images"])
+    theirs = session.run(None, {"input": x})[0]
+    r = predict(run_dir, given)
+    if meta.task == "regression":  # predict's values are in the target's units; so is the ONNX output
+        ours = np.array([[p["value"]] for p in r["predictions"]], dtype=np.float64)
+        assert np.abs(theirs.reshape(ours.shape) - ours).max() <= 1e-4 * max(1.0, float(np.abs(ours).max()))
+    else:
+        ours = r["outputs"].numpy()
+        assert theirs.shape == ours.shape and np.abs(theirs - ours).max() <= 1e-4, np.abs(theirs - ours).max()
+    if meta.task == "multiclass":
+        names = meta.class_names or [str(i) for i in range(theirs.shape[-1])]
+        assert [p["class"] for p in r["predictions"]] == [names[i] for i in theirs.argmax(-1)]
+    if meta.task == "binary":
+        assert [p["class"] for p in r["predictions"]] == [meta.class_names[int(v > 0)] for v in theirs.reshape(-1)]
+
+
+def test_a_model_the_exporter_cannot_take_is_one_line_and_predict_still_works(tmp_path, capsys):
+    """A VAE draws its noise from a seeded generator, which torch's exporter cannot trace with a dynamic batch:
+    one line naming the model and the way out; predict gives its reconstructions (the first of its outputs)."""
+    vae = {"data": {**DIGITS, "reconstruct": True}, "model": {"name": "vae", "encoder": [8], "latent": 2,
+                                                             "recon_loss": "mse"}}
+    run = powertrain.train(vae, ["train.max_steps=2"], out=tmp_path / "vae", callbacks=[]).dir
+    raw = powertrain.data.build({**DIGITS, "normalize": False}).test.tensors[0][:3].numpy()
+    np.save(tmp_path / "x.npy", raw)
+    r = predict(run, tmp_path / "x.npy")
+    assert r["outputs"].shape == (3, 1, 8, 8) and all(p["mse"] >= 0 for p in r["predictions"])
+    from powertrain import cli
+
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "v.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model 'vae'" in err and "--format safetensors" in err
+    assert not (tmp_path / "v.onnx").exists() and not list(tmp_path.glob(".v.onnx*"))

@@ -5,9 +5,8 @@ as text and checked by the library, so that a bad value is a one-line error nami
 """
 from __future__ import annotations
 
-import json
-
 from ..errors import RecipeError
+from ..run.atomic import dumps
 from .common import number
 
 
@@ -66,7 +65,7 @@ def cmd_export(args) -> int:
     result = export(args.run_dir, format=args.format, out=args.out,
                     samples=number(args.samples, "--samples", int, "a whole number >= 2"), checkpoint=args.checkpoint)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(dumps(result, indent=2))
     else:
         print(f"{result['format']} written to {result['path']} ({result['bytes']:,} bytes)")
         if "max_abs_diff" in result:

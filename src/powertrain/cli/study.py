@@ -2,10 +2,10 @@
 "what would the big run cost". cli/__init__.py calls `add_commands(subparsers)`."""
 from __future__ import annotations
 
-import json
 import sys
 
 from ..errors import RecipeError
+from ..run.atomic import dumps
 
 
 def _int(text, flag: str, low: int = 1) -> int:
@@ -36,7 +36,7 @@ def cmd_sweep(args) -> int:
             return 0
         if args.summary:
             summary = summarize(sweep, from_folders=True)  # a damaged journal: the table from the trial folders
-            print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+            print(dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
             return 0
     else:
         if not args.recipe or not args.space:
@@ -54,7 +54,7 @@ def cmd_sweep(args) -> int:
               file=sys.stderr)
         return getattr(e, "exit_code", 130)  # 143 after SIGTERM (signals.Interrupted)
     if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+        print(dumps(summary, indent=2, default=str))
     else:
         print(format_summary(summary))
     return 0

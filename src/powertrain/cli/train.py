@@ -1,8 +1,7 @@
 """`powertrain train | distill | resume | eval | recipes`: runs made and continued."""
 from __future__ import annotations
 
-import json
-
+from ..run.atomic import dumps
 from .common import CHECKPOINT_HELP, callbacks, print_results, quiet_args, quiet_flags
 
 
@@ -80,7 +79,7 @@ def cmd_eval(args) -> int:
     from ..train.load import evaluate
 
     metrics = evaluate(args.run_dir, args.split, checkpoint=args.checkpoint)
-    print(json.dumps({args.split: metrics}, indent=2))
+    print(dumps({args.split: metrics}, indent=2))
     return 0
 
 

@@ -55,6 +55,9 @@ class CleaningReport(dict):
         for reason, n in self["dropped"].items():
             if n:
                 lines.append(f"  dropped {n} rows: {reason}")
+        if self.get("beyond_float32"):
+            lines.append("  numbers beyond float32 (|x| > 3.4e38), counted as missing: "
+                         + ", ".join(f"{k} {v}" for k, v in self["beyond_float32"].items()))
         if self["missing_cells"]:
             lines.append("  missing values by column: " + ", ".join(f"{k} {v}" for k, v in self["missing_cells"].items()))
         for col, how in self["imputed"].items():
@@ -73,8 +76,22 @@ class CleaningReport(dict):
         return "\n".join(lines)
 
 
-def read_csv(path: Path, delimiter: str, na_values: set[str]) -> tuple[list[str], list[list[Optional[str]]]]:
-    """Header and rows of stripped cells, `None` where missing; a row of the wrong width is an error."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a model's inputs are float32: a larger number becomes inf
+
+
+def beyond_float32(cell: str) -> bool:
+    """A number that float32 cannot hold (|x| > 3.4e38, e.g. 1e308): as a model input it would be inf."""
+    try:
+        v = float(cell)
+    except ValueError:
+        return False
+    return math.isfinite(v) and abs(v) > FLOAT32_MAX
+
+
+def read_csv(path: Path, delimiter: str, na_values: set[str], overflow: Optional[Counter] = None
+             ) -> tuple[list[str], list[list[Optional[str]]]]:
+    """Header and rows of stripped cells, `None` where missing: a missing-value marker, an infinity, or a number
+    beyond float32 (counted by column in `overflow`); a row of the wrong width is an error."""
     if not path.is_file():
         raise DataError(f"csv: {path} does not exist; set data.path to a CSV file whose first row names the columns")
     rows: list[list[Optional[str]]] = []
@@ -94,7 +111,13 @@ def read_csv(path: Path, delimiter: str, na_values: set[str]) -> tuple[list[str]
                     raise DataError(f"{path}:{reader.line_num}: {len(row)} fields, but the header has {len(header)}; "
                                     f"fix the row (quote fields holding '{delimiter}') or set data.delimiter")
                 cells = [c.strip() for c in row]
-                rows.append([None if c in na_values or c.lower().lstrip("+-") in INFINITE else c for c in cells])
+                for j, c in enumerate(cells):
+                    if c and c[-1:].isdigit() and beyond_float32(c):
+                        cells[j] = None
+                        if overflow is not None:
+                            overflow[header[j]] += 1
+                rows.append([None if c is None or c in na_values or c.lower().lstrip("+-") in INFINITE else c
+                             for c in cells])
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save the file as UTF-8") from None
     except csv.Error as err:
@@ -127,14 +150,16 @@ def _fill_value(values: list, strategy: str, numeric: bool):
 def csv_table(opts: CsvOptions, seed: int):
     """A CSV table with a target column: cleaned (missing, duplicates, one-hot, standardise), with a report."""
     path = Path(opts.path).expanduser()
-    header, rows = read_csv(path, opts.delimiter, set(opts.na_values))
+    overflow: Counter = Counter()
+    header, rows = read_csv(path, opts.delimiter, set(opts.na_values), overflow)
     for col in [opts.target, *opts.drop_columns, *opts.categorical]:
         if col not in header:
             field = "target" if col == opts.target else ("drop_columns" if col in opts.drop_columns else "categorical")
             raise DataError(f"{path}: no column '{col}' (data.{field}){closest(col, header)}; "
                             f"the columns are: {', '.join(header)}")
     report = CleaningReport(file=str(path), rows_read=len(rows), rows_kept=0, dropped={}, missing_cells={},
-                            imputed={}, unseen_categories={}, target=opts.target)
+                            imputed={}, unseen_categories={}, target=opts.target,
+                            beyond_float32={k: v for k, v in overflow.items() if k not in opts.drop_columns})
     keep_cols = [i for i, h in enumerate(header) if h not in opts.drop_columns]
     header = [header[i] for i in keep_cols]
     rows = [[r[i] for i in keep_cols] for r in rows]

@@ -98,28 +98,32 @@ def _read_images(paths: list[Path], meta) -> np.ndarray:
             img = Image.open(p).convert("L" if c == 1 else "RGB").resize((w, h))
         except OSError as e:
             raise DataError(f"'{p}': not a readable image ({e})") from None
-        a = np.asarray(img, dtype=np.float32) / 255.0
+        a = np.asarray(img, dtype=np.float32)  # pixels 0-255: the dataset's own units
         out.append(a[None] if c == 1 else a.transpose(2, 0, 1))
-    x = np.stack(out)
-    mean = np.array(meta.normalization["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.array(meta.normalization["std"], dtype=np.float32).reshape(1, -1, 1, 1)
-    return (x - mean) / std
-
-
-def _standardize(x: np.ndarray, meta) -> np.ndarray:
-    """Raw values -> the model's inputs: the train split's (x - mean) / std, as the data loader applied it."""
-    st = meta.extra.get("standardize")
-    if not st:
-        return x
-    mean, std = np.asarray(st["mean"], dtype=np.float64), np.asarray(st["std"], dtype=np.float64)
-    flat = x.reshape(len(x), -1)
-    if mean.size not in (1, flat.shape[1]):
-        return x
-    return ((flat - mean) / std).reshape(x.shape)
+    return np.stack(out)
 
 
 def read_input(path: str | Path, meta) -> tuple[torch.Tensor, list[str]]:
-    """(model inputs, a name for each sample) from a file or folder."""
+    """(model inputs, a name for each sample) from a file or folder: read in the dataset's own units, then
+    preprocessed as the data loader did (train/load.py: Units, which an exported ONNX model bakes in)."""
+    from ..train.load import Units
+
+    x, names = read_raw(path, meta)
+    return Units(meta).to_model(x), names
+
+
+def _finite(x: np.ndarray, path: Path) -> np.ndarray:
+    with np.errstate(over="ignore"):  # 1e308 becomes inf in float32: that is what is looked for
+        bad = ~np.isfinite(x.astype(np.float32)) if x.dtype.kind == "f" else None
+    if bad is not None and bad.any():
+        i = int(np.argwhere(bad.reshape(len(x), -1))[0][0]) if x.ndim else 0
+        raise DataError(f"'{path}': sample {i} holds a value that is not a finite float32 number (NaN, inf, or "
+                        f"beyond +-3.4e38); fix or drop it")
+    return x
+
+
+def read_raw(path: str | Path, meta) -> tuple[torch.Tensor, list[str]]:
+    """(inputs in the dataset's own units: raw feature values, pixels 0-255; a name for each sample)."""
     path = Path(path)
     shape = tuple(meta.input_shape)
     if path.is_dir():
@@ -145,12 +149,13 @@ def read_input(path: str | Path, meta) -> tuple[torch.Tensor, list[str]]:
             else:
                 raise DataError(f"'{path}': array of shape {x.shape}; this run's model takes {shape} per sample "
                                 f"(or a batch: (N, {', '.join(map(str, shape))}))")
-        x = _standardize(x, meta)
     elif suffix in (".csv", ".tsv", ".txt"):
-        x = _standardize(_read_csv(path, meta), meta).reshape(-1, *shape)
+        x = _read_csv(path, meta).reshape(-1, *shape)
     else:
         raise DataError(f"'{path}': unknown input type '{suffix}'; give .csv, .npy, or an image ({', '.join(IMAGE_SUFFIXES)})")
-    return torch.from_numpy(np.ascontiguousarray(x)).float(), [str(i) for i in range(len(x))]
+    x = _finite(x, path)
+    dtype = torch.float32 if meta.input_dtype == torch.float32 else meta.input_dtype
+    return torch.from_numpy(np.ascontiguousarray(x)).to(dtype), [str(i) for i in range(len(x))]
 
 
 # ---------------------------------------------------------------- predicting
@@ -169,8 +174,9 @@ def _describe(outputs: torch.Tensor, meta, names: list[str]) -> list[dict]:
             k = int(pi >= 0.5)
             rows.append({"input": n, "class": classes[k] if classes else str(k), "probability": pi if k else 1 - pi})
     elif task == "regression":
-        mean, std = meta.extra.get("target_mean", 0.0), meta.extra.get("target_std", 1.0)
-        values = outputs.float().reshape(len(outputs), -1) * std + mean
+        from ..train.load import Units
+
+        values = Units(meta).to_target(outputs.float().reshape(len(outputs), -1))
         for n, v in zip(names, values.tolist()):
             rows.append({"input": n, "value": v[0] if len(v) == 1 else v})
     else:  # reconstruction: the mean squared error of each input's reconstruction (model units)
@@ -215,7 +221,9 @@ def predict(run_dir: str | Path, input: str | Path, batch_size: int = 256, max_n
         meter.begin("final_eval")
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
-                chunks.append(model(x[i:i + batch_size].to(device)).float().cpu())
+                out = model(x[i:i + batch_size].to(device))
+                out = out[0] if isinstance(out, (tuple, list)) else out  # a VAE: (reconstruction, mu, logvar)
+                chunks.append(out.float().cpu())
         meter.end("final_eval", flops=len(x) * fps)
         outputs = torch.cat(chunks)
         preds, n, note = _describe(outputs, meta, names), len(x), None
@@ -254,9 +262,7 @@ def format_predictions(result: dict) -> str:
 
 def write_predictions(result: dict, out: str | Path) -> Path:
     """--out FILE: .npy (the raw outputs), .json (predictions and bill) or .csv (one row per prediction)."""
-    import json
-
-    from ..run.atomic import atomic_write
+    from ..run.atomic import atomic_write, dumps
 
     out = Path(out)
     suffix = out.suffix.lower()
@@ -264,7 +270,8 @@ def write_predictions(result: dict, out: str | Path) -> Path:
         atomic_write(out, lambda tmp: np.save(open(tmp, "wb"), result["outputs"].numpy()))
     elif suffix == ".json":
         doc = {k: v for k, v in result.items() if k != "outputs"}
-        atomic_write(out, lambda tmp: tmp.write_text(json.dumps(doc, indent=2, default=_plain)))
+        text = dumps(doc, indent=2, default=_plain)
+        atomic_write(out, lambda tmp: tmp.write_text(text))
     elif suffix == ".csv":
         keys = list(dict.fromkeys(k for r in result["predictions"] for k in r))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -60,8 +61,44 @@ def atomic_folder(final: Path, write: Callable[[Path], None]) -> Path:
     return final
 
 
+def _nonfinite(v: float) -> str:
+    return "NaN" if math.isnan(v) else ("+inf" if v > 0 else "-inf")
+
+
+def strict(obj):
+    """`obj` with every NaN or infinity made None (JSON holds neither); in a mapping, the key `<key>_note`
+    beside it says what the value was (for a list: at which positions). Tuples become lists.
+
+    >>> strict({"loss": float("nan"), "curve": [1.0, float("inf")], "ok": 2.0})
+    {'loss': None, 'loss_note': 'NaN (not a finite number: JSON holds none)', 'curve': [1.0, None], 'curve_note': '+inf at [1] (not finite numbers: JSON holds none)', 'ok': 2.0}
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out[k] = strict(v)
+            if isinstance(v, float) and not math.isfinite(v):
+                out[f"{k}_note"] = f"{_nonfinite(v)} (not a finite number: JSON holds none)"
+            elif isinstance(v, (list, tuple)):
+                bad = [(i, x) for i, x in enumerate(v) if isinstance(x, float) and not math.isfinite(x)]
+                if bad:
+                    where = ", ".join(f"{_nonfinite(x)} at [{i}]" for i, x in bad[:5]) + (", ..." if len(bad) > 5 else "")
+                    out[f"{k}_note"] = f"{where} (not finite numbers: JSON holds none)"
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def dumps(obj, **kwargs) -> str:
+    """Strict JSON text of `obj` (`strict`: no NaN or Infinity, which json.dumps writes and JSON forbids)."""
+    return json.dumps(strict(obj), allow_nan=False, **kwargs)
+
+
 def write_json(path: Path, obj) -> None:
-    """Write JSON atomically."""
-    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2)))
+    """Write strict JSON (`dumps`) atomically."""
+    text = dumps(obj, indent=2)
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 

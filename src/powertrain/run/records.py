@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import RunDirError
+from .atomic import dumps
 
 
 def read_json(path: Path, required: bool = True):
@@ -58,9 +59,9 @@ class MetricsLog:
             if self._file is None:
                 if self.path is not None:
                     with open(self.path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                        f.write(dumps(record) + "\n")
                 return
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(dumps(record) + "\n")
         except OSError as e:
             raise self._failed(e) from None
         if time.monotonic() - self._flushed >= 1.0:  # `tail -f` sees lines within a second

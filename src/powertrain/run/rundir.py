@@ -24,7 +24,6 @@ folder). Other modules ask a RunDir for paths; none spells one.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import time
@@ -33,7 +32,7 @@ from typing import Optional
 
 import yaml
 
-from .atomic import atomic_write, write_json
+from .atomic import atomic_write, dumps, write_json
 from .records import MetricsLog, read_json, read_jsonl
 from .checkpoint import validate as validate_checkpoint
 from .storage import write_failure
@@ -238,7 +237,7 @@ class RunDir:
             os.truncate(self.metrics_file, min(size, self.metrics_file.stat().st_size))
             return
         records = [r for r in self.metrics() if r["step"] <= step]
-        atomic_write(self.metrics_file, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
+        atomic_write(self.metrics_file, lambda tmp: tmp.write_text("".join(dumps(r) + "\n" for r in records)))
 
     def append_metrics(self, record: dict) -> None:
         MetricsLog(self.metrics_file).write(record)

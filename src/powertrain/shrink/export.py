@@ -1,10 +1,13 @@
 """Export a run's final model: ONNX (checked against torch with onnxruntime) or a single safetensors file.
 
 ONNX goes through torch's dynamo exporter (`torch.onnx.export(..., dynamo=True)`, which needs
-`onnxscript`: `pip install 'powertrain[export]'`) with a dynamic batch dimension. The exported file is
-then run by onnxruntime (CPU) on real samples of the run's data, at the export batch size and at 1,
-and its outputs are compared with the torch model's: the largest absolute difference is reported
-against a bar of 1e-4 (fp32).
+`onnxscript`: `pip install 'powertrain[export]'`) with a dynamic batch dimension. The graph takes inputs
+in the dataset's own units (raw feature values, pixels 0-255): the run's standardisation is inside it, and a
+regression's outputs come out in the target's units, so onnxruntime on raw inputs gives what `powertrain
+predict` gives (train/load.py: RawModel). Its metadata_props name the task, class names, input shape, dtype
+and units, the output, the recipe, the run and the powertrain version. The exported file is then run by
+onnxruntime (CPU) on real samples of the run's data, at the export batch size and at 1, and its outputs are
+compared with the torch model's: the largest absolute difference is reported against a bar of 1e-4 (fp32).
 
 safetensors: the weights of the final model (best under early stopping with restore_best, else the
 newest checkpoint) in one file, with the recipe in its metadata; a quantized run's int8 file as is.
@@ -20,6 +23,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -30,9 +34,9 @@ from typing import Optional
 import torch
 import yaml
 
-from ..errors import PowertrainError, RecipeError
+from ..errors import ModelError, PowertrainError, RecipeError
 from ..run.rundir import RunDir
-from ..train.load import load_model
+from ..train.load import RawModel, Units, load_model
 
 FORMATS = ("onnx", "safetensors")
 BAR_FP32 = 1e-4
@@ -48,6 +52,7 @@ def _quiet_exporter():
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*were assigned during export")  # nn.GRU's flat weights
             yield
     finally:
         log.setLevel(level)
@@ -133,17 +138,64 @@ def export(run_dir: str | Path, format: str = "onnx", out: Optional[str | Path] 
         raise PowertrainError(f"--format onnx needs {e.name}: pip install 'powertrain[export]' "
                               f"(onnx, onnxruntime, onnxscript)") from None
     model, trainer = _load(run, checkpoint)
-    model = model.cpu().eval()
-    x = _samples(trainer, samples)
+    meta = trainer.data.meta
+    units = Units(meta)
+    model = RawModel(model.cpu().eval(), units).eval()  # raw inputs in, the run's preprocessing inside the graph
+    x = units.to_raw(_samples(trainer, samples))
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    with _quiet_exporter():
-        program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
-                                    input_names=["input"], output_names=["output"], verbose=False)
-        program.save(str(tmp))  # one file: small models need no external data
-    os.replace(tmp, dest)
+    try:
+        with _quiet_exporter():
+            dims = {0: torch.export.Dim("batch")}
+            if meta.task == "language_model" and x.dim() == 2:  # a prompt of any length up to the block
+                dims[1] = torch.export.Dim("tokens", max=x.shape[1])
+            try:
+                program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=(dims,),
+                                            input_names=["input"], output_names=["output"], verbose=False)
+            except Exception as e:  # noqa: BLE001  (the exporter raises many types, with pages of text)
+                why = next((line.strip() for line in reversed(str(e).splitlines()) if line.strip()
+                            and not line.startswith(("(", "-", "#"))), type(e).__name__)
+                raise ModelError(f"model '{recipe.model.name}' of '{path}' cannot be exported to ONNX: torch's "
+                                      f"exporter failed ({why[:200]}); use --format safetensors") from None
+            program.save(str(tmp))  # one file: small models need no external data
+        _write_metadata(tmp, metadata(run, recipe, meta, units, checkpoint))
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
     diff, largest = onnx_parity(dest, model, [x, x[:1]])
+    bar = BAR_FP32 * max(1.0, abs(units.out_std))  # a regression's outputs are scaled to the target's units
     return {"format": format, "path": str(dest), "bytes": dest.stat().st_size, "max_abs_diff": diff,
             "max_abs_output": largest,
-            "bar": BAR_FP32, "ok": diff <= BAR_FP32, "samples": len(x),
+            "bar": bar, "ok": diff <= bar, "samples": len(x), "input": units.what,
             "checked": f"onnxruntime {onnxruntime.__version__} CPU vs torch {torch.__version__}, "
-                       f"batches of {len(x)} and 1"}
+                       f"batches of {len(x)} and 1, raw inputs"}
+
+
+def metadata(run: RunDir, recipe, meta, units: Units, checkpoint: Optional[str]) -> dict[str, str]:
+    """What an ONNX user needs without reading powertrain's code, as the model's metadata_props (text)."""
+    from ..settings import VERSION
+
+    task = meta.task
+    output = {"multiclass": "logits, one per class (softmax for probabilities; argmax is the class)",
+              "binary": "one logit (sigmoid for the probability of class 1)",
+              "regression": "values in the target's units (the target's standardisation is undone inside)",
+              "reconstruction": "the reconstructed input, in the model's standardised units",
+              "language_model": "logits over the vocabulary for every position"}.get(task, "the model's outputs")
+    return {"powertrain_version": VERSION, "run": str(run.path.resolve()), "checkpoint": checkpoint or "final",
+            "recipe": yaml.safe_dump(recipe.to_dict(), sort_keys=False), "task": task,
+            "input_name": "input", "input_shape": json.dumps(["batch", *meta.input_shape]),
+            "input_dtype": str(meta.input_dtype).replace("torch.", ""),
+            "input_units": units.what, "preprocessing": "inside the graph: feed raw inputs",
+            "output": output, "class_names": json.dumps(meta.class_names or [])}
+
+
+def _write_metadata(path: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    m = onnx.load(str(path))
+    del m.metadata_props[:]
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+    m.doc_string = (f"powertrain {props['powertrain_version']} export of {props['run']}: {props['task']}; input "
+                    f"{props['input_shape']} {props['input_dtype']} in raw units ({props['input_units']}); output "
+                    f"{props['output']}")
+    onnx.save(m, str(path))

@@ -127,3 +127,31 @@ def build_scheduler(optimizer, cfg: TrainConfig, total_steps: int) -> Optional[t
     if cfg.schedule == "constant" and not cfg.warmup_steps:
         return None
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, total_steps, step))
+
+
+def schedule_notes(cfg: TrainConfig, total_steps: int) -> list[str]:
+    """One line for each part of the schedule that the run is too short to reach (shown when training starts):
+    a warmup longer than the run (the learning rate never reaches train.lr: its highest value is given), a
+    step decay or a cosine restart that never comes.
+
+    >>> cfg = TrainConfig(lr=3e-3, warmup_steps=100, schedule="cosine")
+    >>> schedule_notes(cfg, 60)[0]  # doctest: +ELLIPSIS
+    'train.warmup_steps=100 is longer than the run (60 steps): the learning rate peaks at 0.000491, 16% of train.lr=0.003...'
+    """
+    notes = []
+    if total_steps <= 0:
+        return notes
+    if cfg.warmup_steps > total_steps:
+        n = min(total_steps, 10_000)
+        steps = sorted({round(i * (total_steps - 1) / max(n - 1, 1)) for i in range(n)})
+        peak = max(lr_factor(cfg, total_steps, k) for k in steps) * cfg.lr
+        notes.append(f"train.warmup_steps={cfg.warmup_steps} is longer than the run ({total_steps} steps): the "
+                     f"learning rate peaks at {peak:.3g}, {peak / cfg.lr:.0%} of train.lr={cfg.lr:g}; lower "
+                     f"train.warmup_steps or train longer")
+    if cfg.schedule == "step" and cfg.step_size >= total_steps:
+        notes.append(f"train.schedule=step: train.step_size={cfg.step_size} is not shorter than the run "
+                     f"({total_steps} steps): the learning rate never decays; lower train.step_size")
+    if cfg.schedule == "cosine_restarts" and cfg.restart_steps >= total_steps:
+        notes.append(f"train.schedule=cosine_restarts: train.restart_steps={cfg.restart_steps} is not shorter than "
+                     f"the run ({total_steps} steps): no restart comes; lower train.restart_steps")
+    return notes

@@ -22,6 +22,11 @@ class TrainState:
         self.run.path.mkdir(parents=True, exist_ok=True)
         self._owns_lock = self.run._lock_fd is None  # api.train holds it already; a rung-2 run takes it here
         self.run.lock()
+        if self.step < self.cfg.warmup_steps or self.step == 0:  # the schedule's parts this run cannot reach
+            from .optim import schedule_notes
+
+            for note in schedule_notes(self.cfg, self.total_steps):
+                print(f"powertrain: warning: {note}", file=sys.stderr, flush=True)
         if not self.run.env_file.exists():
             from ..run.atomic import write_json
             from ..measure.hardware import environment
