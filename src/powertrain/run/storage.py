@@ -18,8 +18,9 @@ from pathlib import Path
 from ..errors import WriteError
 
 LOW_BYTES = 1 << 20  # less free space than this after a failed write: the disk is full
-_ERRNO = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota used up", errno.EFBIG: "file size limit (ulimit -f) reached"}
-_TEXT = {"No space left": "disk full", "Disk quota": "disk quota used up", "File too large": "file size limit (ulimit -f) reached"}
+LIMIT = "file size limit (ulimit -f) reached"
+_ERRNO = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota used up", errno.EFBIG: LIMIT}
+_TEXT = {"No space left": "disk full", "Disk quota": "disk quota used up", "File too large": LIMIT}
 SHORT = ("unexpected pos", "file write failed")  # torch.save's words when the OS wrote fewer bytes than asked
 
 
