@@ -1,6 +1,9 @@
 """`powertrain train | distill | resume | eval | recipes`: runs made and continued."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from ..run.atomic import dumps
 from .common import CHECKPOINT_HELP, callbacks, print_results, quiet_args, quiet_flags
 
@@ -19,7 +22,13 @@ def cmd_train(args) -> int:
         refuse_before_launch(r)
         out = args.out or r.run.out or str(default_out(r.name))  # fixed now: restarts resume the same folder
         return launch(["train", recipe, *overrides, "--out", out, *quiet_flags(args)], args.nproc)
-    print_results(train(recipe, overrides, out=args.out, callbacks=callbacks(args)), args.quiet)
+    from ..recipe import load_recipe
+
+    r = load_recipe(recipe, overrides)
+    if not args.out and r.run.out:  # the recipe file chose the folder (under the working directory): say which
+        print(f"powertrain: run folder {Path(r.run.out).resolve()} (the recipe's run.out; --out chooses another)",
+              file=sys.stderr, flush=True)
+    print_results(train(r, out=args.out, callbacks=callbacks(args)), args.quiet)
     return 0
 
 

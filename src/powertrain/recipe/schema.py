@@ -9,13 +9,14 @@ one-line errors as the rest of the recipe.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from ..errors import RecipeError, closest, format_validation_error  # noqa: F401  (re-exported)
 from .registry import check_section
-from .strict import check_field, check_tree
+from .strict import check_field, check_tree, clean_name
 
 SEED_MAX = 2**32 - 1  # run.seed: the data splits (scikit-learn, NumPy) take 32-bit seeds
 
@@ -157,12 +158,17 @@ class ModelSection(Section):
 
 
 class Recipe(Strict):
-    name: str = "custom"
+    name: str = "custom"  # cleaned (strict.clean_name): it names folders, so it cannot lead out of them
     description: str = ""
     data: Section
     model: ModelSection
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _clean_name(cls, value: str) -> str:
+        return clean_name(value)
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -193,6 +199,17 @@ def check_privacy(cfg: TrainConfig) -> None:
                           "use fp32 or bf16")
 
 
+def check_out(out: Optional[str]) -> None:
+    """run.out, a folder chosen by a recipe: relative, and under the working directory once '..' is counted;
+    a folder elsewhere is the command line's choice (--out), not a file's."""
+    if not out:
+        return
+    path = os.path.normpath(os.path.expanduser(out))
+    if os.path.isabs(path) or path == ".." or path.startswith(".." + os.sep):
+        raise RecipeError(f"run.out: '{out}' lies outside the working directory; a recipe may choose a folder under "
+                          f"it (e.g. runs/my-run); to write elsewhere pass --out {out} on the command line")
+
+
 def parse_recipe(raw: dict) -> Recipe:
     """Validate a recipe dict, including the registered model and data options."""
     check_tree(raw, "recipe")
@@ -207,6 +224,7 @@ def parse_recipe(raw: dict) -> Recipe:
     if not 0 <= recipe.run.seed <= SEED_MAX:  # 1e10 (a float) became a whole number above
         raise RecipeError(f"run.seed: expected a whole number in [0, {SEED_MAX}] (the data splits take 32-bit "
                           f"seeds), got {recipe.run.seed}; pick another seed")
+    check_out(recipe.run.out)
     check_section("model", recipe.model.model_dump())
     check_section("data", recipe.data.model_dump())
     tc = recipe.train

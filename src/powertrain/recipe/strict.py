@@ -197,3 +197,14 @@ def check_field(annotation, value, *, sizes: bool = False):
                 raise ValueError(f"item {i} ({v!r}): {e}") from None
         return type(value)(out)
     return value
+
+
+def clean_name(name: str) -> str:
+    """A name as one folder name: letters, digits, '.', '_' and '-' (others become '-'), no leading dot or
+    dash, at most 100 characters; 'run' if nothing is left.
+
+    >>> clean_name("../../etc/cron.d/x"), clean_name("my run: v2"), clean_name("..")
+    ('etc-cron.d-x', 'my-run-v2', 'run')
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip(".-")[:100].strip(".-")
+    return cleaned or "run"

@@ -37,7 +37,7 @@ from .records import MetricsLog, read_json, read_jsonl
 from .checkpoint import validate as validate_checkpoint
 from .storage import write_failure
 from ..errors import RecipeError, RunDirError
-from ..recipe.strict import load_yaml
+from ..recipe.strict import clean_name, load_yaml
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -77,6 +77,40 @@ class RunDir:
     tensorboard_dir = property(lambda self: self.path / "tensorboard")  # event files (run.tensorboard)
     mlflow_file = property(lambda self: self.path / "mlflow.json")  # {"tracking_uri", "experiment_id", "run_id"}
 
+    # -- links: nothing is read or written through a symbolic link that leads out of the run ----------
+    def outside(self, path: Path) -> Optional[Path]:
+        """Where `path` really leads when a symbolic link in it leads out of the run directory, else None."""
+        try:
+            root, real = self.path.resolve(), Path(path).resolve()
+        except (OSError, RuntimeError):  # a loop of links
+            return Path(path)
+        return None if real == root or real.is_relative_to(root) else real
+
+    def guard(self, path: Path) -> Path:
+        """`path`, or a one-line RunDirError when a symbolic link in it leads out of the run directory."""
+        real = self.outside(path)
+        if real is not None:
+            raise RunDirError(f"'{path}' is a symbolic link (or lies under one) that leads to '{real}', outside the "
+                              f"run directory '{self.path}'; powertrain neither reads nor writes through it: remove "
+                              f"the link")
+        return path
+
+    def check_links(self) -> None:
+        """Every file and folder powertrain reads or writes here (and every checkpoint) stays inside the run."""
+        for name in dir(type(self)):
+            if isinstance(getattr(type(self), name, None), property) and name not in ("kind", "started"):
+                value = getattr(self, name)
+                if isinstance(value, Path) and (value.exists() or value.is_symlink()):
+                    self.guard(value)
+        for extra in (self.path / "export", *self._checkpoint_entries()):
+            if extra.exists() or extra.is_symlink():
+                self.guard(extra)
+
+    def _checkpoint_entries(self) -> list[Path]:
+        if not self.checkpoints.is_dir() or self.outside(self.checkpoints) is not None:
+            return []
+        return list(self.checkpoints.iterdir())
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"{CHECKPOINT_PREFIX}{step:08d}"
 
@@ -100,8 +134,9 @@ class RunDir:
     @staticmethod
     def default_path(name: str, root: str | Path = "runs") -> Path:
         """runs/<name>-<timestamp>, made (empty) here so that two runs started in the same second
-        get two folders: the second gets a -2 suffix."""
-        base = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        get two folders: the second gets a -2 suffix. The name is cleaned (`clean_name`): it cannot leave
+        `root`."""
+        base = Path(root) / f"{clean_name(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
         base.parent.mkdir(parents=True, exist_ok=True)
         for i in range(1, 1000):
             path = base if i == 1 else base.with_name(f"{base.name}-{i}")
@@ -158,6 +193,7 @@ class RunDir:
         if not run.recipe_file.is_file() or not run.env_file.is_file():
             raise RunDirError(f"'{path}' is not a powertrain run directory (it lacks recipe.yaml or env.json); "
                               f"pass the folder that `powertrain train` printed")
+        run.check_links()
         env = read_json(run.env_file)
         if not isinstance(env, dict) or "powertrain" not in env:
             raise RunDirError(f"'{path}' was not written by powertrain (env.json has no 'powertrain' version)")
@@ -192,7 +228,8 @@ class RunDir:
         gets one line naming the holder's PID."""
         if self._lock_fd is not None:
             return self
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        self.check_links()  # a writer writes nothing through a link that leads out of the run
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -311,10 +348,12 @@ class RunDir:
 
     def pictures(self) -> list[Path]:
         """Pictures the run holds (reconstructions, samples, explanations, an audit's ROC...): image files
-        in the run directory and its subfolders, but not in checkpoints/ or tensorboard/."""
+        in the run directory and its subfolders, but not in checkpoints/ or tensorboard/, and none reached
+        through a symbolic link that leads out of the run."""
         skip = {self.checkpoints.name, self.tensorboard_dir.name}
         found = [p for p in self.path.rglob("*") if p.suffix.lower() in self.PICTURE_SUFFIXES and p.is_file()
-                 and not p.name.startswith(".") and p.relative_to(self.path).parts[0] not in skip]
+                 and not p.name.startswith(".") and p.relative_to(self.path).parts[0] not in skip
+                 and self.outside(p) is None]  # a link that leads out of the run is not followed
         return sorted(found, key=lambda p: str(p.relative_to(self.path)))
 
     @property
@@ -327,7 +366,7 @@ class RunDir:
         """The PID of the process writing this run now (it holds the lock), else None. Takes no lock:
         a shared flock tried without blocking, released at once."""
         try:
-            fd = os.open(self.lock_file, os.O_RDONLY)
+            fd = os.open(self.lock_file, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             return None
         try:
