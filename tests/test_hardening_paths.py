@@ -64,6 +64,9 @@ def test_a_run_file_linked_from_outside_is_refused_by_every_reader(run, tmp_path
         err = one_line(capsys, argv)
         assert f"'{run / name}' is a symbolic link" in err and "outside the run directory" in err, (argv, err)
     assert not (tmp_path / "r.html").exists()
+    assert cli.main(["runs", str(run.parent)]) == 0  # listed, refused, with the reason
+    out = capsys.readouterr().out
+    assert "refused" in out and "symbolic link" in out
 
 
 def test_a_checkpoints_folder_linked_outside_is_refused_before_resume_writes(run, tmp_path, capsys):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from ..errors import RecipeError
 
 
-CHECKPOINT_HELP = ("use this checkpoint instead of the final weights, e.g. step-00000040; "
-                   "needed when the newest checkpoint is damaged")
+CHECKPOINT_HELP = ("use this checkpoint instead of the final weights, e.g. step-00000040; needed when the "
+                   "newest checkpoint is damaged, or while the run is still training")
 
 
 def number(text, flag: str, kind: type, expected: str):

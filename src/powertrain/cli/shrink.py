@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..errors import RecipeError
 from ..run.atomic import dumps
-from .common import number
+from .common import CHECKPOINT_HELP, number
 
 
 def _print_child(child, format_report) -> None:
@@ -35,14 +35,16 @@ def cmd_prune(args) -> int:
         what = structured[0]
         fn = st.prune_channels if what == "channels" else st.prune_heads
         child = fn(args.run_dir, number(getattr(args, what), f"--{what}", float, "a fraction such as 0.5"),
-                   epochs=2 if epochs is None else epochs, lr=lr, steps=steps, out=args.out, callbacks=progress)
+                   epochs=2 if epochs is None else epochs, lr=lr, steps=steps, out=args.out, callbacks=progress,
+                   checkpoint=args.checkpoint)
         _print_child(child, st.format_report)
         return 0
     from ..shrink.prune import format_report, prune
 
     child = prune(args.run_dir, sparsity=number(args.sparsity or "0.8", "--sparsity", float, "a fraction such as 0.8"),
                   rounds=number(args.rounds or "1", "--rounds", int, "a whole number >= 1"),
-                  epochs=1 if epochs is None else epochs, lr=lr, steps=steps, out=args.out, callbacks=progress)
+                  epochs=1 if epochs is None else epochs, lr=lr, steps=steps, out=args.out, callbacks=progress,
+                  checkpoint=args.checkpoint)
     _print_child(child, format_report)
     print("unstructured: the zeros are stored densely, so the checkpoint is as large and a forward pass as costly "
           "as the parent's until a sparse kernel runs them; --channels removes whole channels instead")
@@ -54,7 +56,7 @@ def cmd_quantize(args) -> int:
 
     child = quantize(args.run_dir, mode=args.mode, out=args.out,
                      repeats=number(args.repeats, "--repeats", int, "a whole number >= 1"),
-                     threads=number(args.threads, "--threads", int, "a whole number >= 1"))
+                     threads=number(args.threads, "--threads", int, "a whole number >= 1"), checkpoint=args.checkpoint)
     _print_child(child, format_report)
     return 0
 
@@ -92,6 +94,7 @@ def add_commands(sub) -> None:
     p.add_argument("--lr", help="fine-tuning learning rate (default: a tenth of the run's), cosine-decayed")
     p.add_argument("--out", help="derived run directory (default RUN_DIR-pruneNN, -channelsNN or -headsNN beside the run)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress display")
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.set_defaults(func=cmd_prune)
 
     q = sub.add_parser("quantize", help="int8 post-training quantization of a run into a derived run")
@@ -104,6 +107,7 @@ def add_commands(sub) -> None:
                                                     "latency (default 200)")
     q.add_argument("--threads", default="1", help="CPU threads while timing (default 1)")
     q.add_argument("--out", help="derived run directory (default RUN_DIR-int8-MODE beside the run)")
+    q.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     q.set_defaults(func=cmd_quantize)
 
     e = sub.add_parser("export", help="export a run's model as ONNX (checked with onnxruntime) or safetensors")
@@ -112,6 +116,5 @@ def add_commands(sub) -> None:
     e.add_argument("--out", help="file to write (default RUN_DIR/export/model.FORMAT)")
     e.add_argument("--samples", default="64", help="data samples the ONNX parity check runs (default 64)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
-    e.add_argument("--checkpoint", help="use this checkpoint instead of the final weights, e.g. step-00000040; "
-                                        "needed when the newest checkpoint is damaged")
+    e.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     e.set_defaults(func=cmd_export)

@@ -22,11 +22,12 @@ from ..errors import RecipeError, RunDirError
 
 
 def generate(run_dir: str | Path, prompt: str = "\n", max_new_tokens: int = 500, temperature: float = 0.8,
-             top_k: Optional[int] = 40, seed: int = 0) -> str:
+             top_k: Optional[int] = 40, seed: int = 0, checkpoint: Optional[str] = None) -> str:
     """The prompt followed by `max_new_tokens` sampled tokens, as text.
 
     `temperature` divides the logits (0: always the most likely token); `top_k` keeps only the k
-    most likely tokens (None: all); `seed` makes the draws repeatable."""
+    most likely tokens (None: all); `seed` makes the draws repeatable; `checkpoint` (e.g.
+    'step-00000040'): that checkpoint's weights instead of the final ones."""
     from ..train.load import load_trainer
     from ..run.rundir import RunDir
 
@@ -43,7 +44,7 @@ def generate(run_dir: str | Path, prompt: str = "\n", max_new_tokens: int = 500,
     if recipe.model.name != "gpt":
         raise RunDirError(f"'{run.path}' trained model '{recipe.model.name}' on data '{recipe.data.name}'; generating "
                           f"text needs a language model (model gpt) on a text dataset, such as the gpt-stdlib recipe")
-    trainer = load_trainer(run)  # its final weights; a distilled GPT: no teacher needed
+    trainer = load_trainer(run, checkpoint)  # its final weights; a distilled GPT: no teacher needed
     model, vocab = trainer.model, trainer.data.meta.vocab
     model.eval()
     idx = vocab.encode(prompt).to(trainer.device)  # a character outside the corpus is a DataError naming it

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -184,8 +185,10 @@ def _describe(outputs: torch.Tensor, meta, names: list[str]) -> list[dict]:
     return rows
 
 
-def predict(run_dir: str | Path, input: str | Path, batch_size: int = 256, max_new_tokens: int = 100) -> dict:
-    """{"predictions": [...], "outputs": tensor, "bill": {...}} for the run's final model on `input`."""
+def predict(run_dir: str | Path, input: str | Path, batch_size: int = 256, max_new_tokens: int = 100,
+            checkpoint: Optional[str] = None) -> dict:
+    """{"predictions": [...], "outputs": tensor, "bill": {...}} for the run's final model (or the checkpoint
+    named, e.g. 'step-00000040') on `input`."""
     from ..measure.bill import BillRecord, carbon_model, make_bill
     from ..train.load import load_model
     from ..measure import Meter
@@ -194,7 +197,7 @@ def predict(run_dir: str | Path, input: str | Path, batch_size: int = 256, max_n
     if batch_size < 1:
         raise RecipeError(f"--batch-size: expected a whole number >= 1, got {batch_size}")
     run = RunDir.open(run_dir)
-    model, recipe, trainer = load_model(run.path)
+    model, recipe, trainer = load_model(run.path, checkpoint)
     meta = trainer.data.meta
     meter = Meter(carbon=carbon_model(recipe.run))
     fps = getattr(trainer, "forward_flops_per_sample", None) or 0
@@ -233,7 +236,8 @@ def predict(run_dir: str | Path, input: str | Path, batch_size: int = 256, max_n
                 row["mse"] = e
     bill = make_bill(meter, BillRecord(params=count_params(model), flops_per_sample_forward=fps or None,
                                        samples_evaluated=n, device=device, precision=getattr(trainer, "precision", "fp32")))
-    return {"run": str(run.path), "predictions": preds, "outputs": outputs, "samples": n, "bill": bill, "note": note}
+    return {"run": str(run.path), "checkpoint": checkpoint or "final", "predictions": preds, "outputs": outputs,
+            "samples": n, "bill": bill, "note": note}
 
 
 def inference_line(result: dict) -> str:

@@ -55,11 +55,14 @@ def load_weights(model: torch.nn.Module, path: Path, device) -> None:
     """Weights from a checkpoint folder or a .safetensors file into `model`; a one-line error names a
     damaged file or a model that does not match."""
     path = Path(path)
-    file = path if path.is_file() else path / "model.safetensors"
+    file = path if path.suffix == ".safetensors" else path / "model.safetensors"
     if path.is_dir() and is_sharded(path):
         raise RunDirError(f"checkpoint '{path}' is sharded (FSDP): load it through its run (powertrain eval)")
     try:
         missing, unexpected = load_model(model, str(file), strict=False, device=str(device))
+    except FileNotFoundError:
+        raise RunDirError(f"checkpoint file '{file}' is missing (removed or replaced while it was read: is a run "
+                          f"training there? `powertrain runs` says)") from None
     except Exception as e:  # safetensors raises several types for a truncated or foreign file
         raise RunDirError(f"checkpoint file '{file}' is damaged ({type(e).__name__}); it cannot be loaded") from None
     if missing or unexpected:

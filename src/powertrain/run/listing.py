@@ -90,8 +90,12 @@ def find_runs(root: str | Path = "runs") -> list[dict]:
     for p in _run_dirs(root):
         try:
             rows.append(describe(p, root))
-        except RunDirError:
-            continue  # not a powertrain run after all (no 'powertrain' in env.json)
+        except RunDirError as e:
+            if "symbolic link" in str(e):  # a run powertrain will not read: listed, with the reason
+                rows.append({"run": str(p.relative_to(root)), "dir": str(p), "recipe": "?", "kind": "?",
+                             "state": "refused", "step": None, "metric": None, "value": None, "energy_j": None,
+                             "energy_method": None, "started": p.lstat().st_mtime, "note": str(e)})
+            continue  # else not a powertrain run after all (no 'powertrain' in env.json)
     return sorted(rows, key=lambda r: r["started"], reverse=True)
 
 
@@ -120,4 +124,7 @@ def format_runs(rows: list[dict], root: str | Path = "runs") -> str:
     todo = [r for r in rows if r["state"] in ("interrupted", "failed")]
     for r in todo:
         lines.append(f"{r['run']}: {r['state']}; continue with `{r['note']}`")
+    for r in rows:
+        if r["state"] == "refused":
+            lines.append(f"{r['run']}: refused: {r['note']}")
     return "\n".join(lines)

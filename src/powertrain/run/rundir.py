@@ -155,6 +155,10 @@ class RunDir:
         if path.exists() and not path.is_dir():
             raise RunDirError(f"--out '{path}' is a file; pass a folder (new or empty)")
         if path.exists() and any(path.iterdir()):
+            holder = cls(path).writer_pid()
+            if holder is not None:  # another train or resume writes it now: not a run to resume yet
+                raise RunDirError(f"run directory '{path}' is in use by process {holder if holder > 0 else '(unknown)'} "
+                                  f"(a train or resume of it, running now); wait for it to end, or pass another --out")
             if (path / "recipe.yaml").exists():
                 raise RunDirError(f"run directory '{path}' already holds a run; continue it with "
                                   f"`powertrain resume {path}` or pass another --out")
@@ -233,7 +237,13 @@ class RunDir:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "another"
+            holder = ""
+            for _ in range(20):  # the holder writes its PID right after it takes the lock
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                if holder:
+                    break
+                time.sleep(0.05)
+            holder = holder or "(unknown)"
             os.close(fd)
             raise RunDirError(f"run directory '{self.path}' is in use by process {holder} (a train or resume of this "
                               f"run); wait for it to end, or stop it, then try again") from None
@@ -320,12 +330,19 @@ class RunDir:
         if checkpoint:
             path = self.checkpoints / checkpoint
             if checkpoint == self.best_weights.name and path.is_file():
-                return path
-            if not path.is_dir():
+                return self.guard(path)
+            if "/" in checkpoint or checkpoint.startswith(".") or not path.is_dir():
                 have = ", ".join(p.name for p in self.list_checkpoints()) or "none"
                 raise RunDirError(f"--checkpoint '{checkpoint}': no such checkpoint in '{self.checkpoints}' (have: {have})")
-            validate_checkpoint(path)
+            validate_checkpoint(self.guard(path))
             return path
+        pid = self.writer_pid()
+        if pid is not None and pid != os.getpid():  # another process trains it: its final weights do not exist yet
+            whole = self.newest_whole()
+            use = (f"its newest whole checkpoint is {whole}: pass --checkpoint {whole} to use it, or wait for it to end"
+                   if whole else "it has no whole checkpoint yet: wait for one, or for the run to end")
+            raise RunDirError(f"run '{self.path}' is training (process {pid}): its final weights are written when "
+                              f"training ends; {use}")
         if self.kind == "quantized":
             if not self.quantized_weights.is_file():
                 raise RunDirError(f"'{self.quantized_weights}' is missing; quantize the parent again")
@@ -342,6 +359,26 @@ class RunDir:
             older = f"; to use the older one pass --checkpoint {found[-2].name}" if len(found) > 1 else ""
             raise RunDirError(f"{e}{older}") from None
         return found[-1]
+
+    def newest_whole(self) -> Optional[str]:
+        """The name of the newest checkpoint that is whole now (validated), else None."""
+        for path in reversed(self.list_checkpoints()):
+            try:
+                validate_checkpoint(path)
+                return path.name
+            except RunDirError:
+                continue
+        return None
+
+    def weights_label(self, weights: Path) -> dict:
+        """What a derived run records of the parent's weights it started from: {"weights", "step"}."""
+        name = Path(weights).name if Path(weights).parent == self.checkpoints else str(weights)
+        step = int(name[len(CHECKPOINT_PREFIX):]) if name.startswith(CHECKPOINT_PREFIX) else None
+        if step is None and name == self.best_weights.name:
+            ev = self.read("eval", required=False) or {}
+            return {"weights": name, "step": None, "note": f"early stopping's best weights of a run that stopped at "
+                                                            f"step {ev.get('step')}"}
+        return {"weights": name, "step": step}
 
     # -- what a reader sees: pictures, state, age ----------------------------------------------------
     PICTURE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg")
@@ -386,10 +423,10 @@ class RunDir:
         ckpts = self.list_checkpoints()
         newest = ckpts[-1] if ckpts else None
         step = int(newest.name[len(CHECKPOINT_PREFIX):]) if newest is not None else None
+        if (pid := self.writer_pid()) is not None:  # before eval.json: a resume extends a finished run
+            return {"state": "training", "step": self._last_step(step), "checkpoint": newest, "pid": pid}
         if self.eval_file.exists():
             state = "complete"
-        elif (pid := self.writer_pid()) is not None:
-            return {"state": "training", "step": self._last_step(step), "checkpoint": newest, "pid": pid}
         else:
             state = "interrupted" if newest is not None and self._stop_reason(newest) == "interrupted" else "failed"
         return {"state": state, "step": step if step is not None else self._last_step(None),

@@ -40,10 +40,14 @@ def read_derived(path: Path) -> Optional[dict]:
     return RunDir(path).read("derived", required=False)
 
 
-def load_final_weights(path: Path, model: nn.Module, device) -> None:
-    """The weights the run reported its metrics with (RunDir.final_weights) into `model`."""
-    weights = RunDir.open(path).final_weights()
+def load_final_weights(path: Path, model: nn.Module, device, name: Optional[str] = None) -> dict:
+    """The weights the run reported its metrics with (RunDir.final_weights), or the checkpoint `name`
+    (e.g. 'step-00000040'), into `model`; returns what derived.json records of them: {"weights", "step"}.
+    A run still training is refused, naming its newest whole checkpoint."""
+    run = RunDir.open(path)
+    weights = run.final_weights(name)
     checkpoint.load_weights(model, weights, device)
+    return run.weights_label(weights)
 
 
 def open_trained(run_dir: str | Path, what: str, overrides: Optional[list[str]] = None) -> tuple[Path, Recipe]:

@@ -144,11 +144,13 @@ def finetune_recipe(recipe: Recipe, s: dict) -> Recipe:
 
 
 def prune(run_dir: str | Path, sparsity: float = 0.8, rounds: int = 1, epochs: int = 1, lr: Optional[float] = None,
-          steps: Optional[int] = None, out: Optional[str | Path] = None, callbacks=None) -> Path:
+          steps: Optional[int] = None, out: Optional[str | Path] = None, callbacks=None,
+          checkpoint: Optional[str] = None) -> Path:
     """Prune a trained run's Linear and Conv weights to `sparsity` (global magnitude), fine-tune, and
     write a derived run directory; returns its path. `epochs`/`steps`: fine-tuning per round (0 epochs:
-    none); `lr`: default a tenth of the parent's. derived.json's report holds the sparsity per layer
-    and the metrics of the parent, of the model just after pruning, and after fine-tuning.
+    none); `lr`: default a tenth of the parent's; `checkpoint`: the parent's checkpoint to start from instead of
+    its final weights. derived.json's report holds the sparsity per layer and the metrics of the parent, of
+    the model just after pruning, and after fine-tuning; its settings the parent's weights used (and step).
 
     >>> child = prune("runs/digits-mlp", sparsity=0.9, rounds=3, epochs=2)  # doctest: +SKIP
     """
@@ -158,7 +160,7 @@ def prune(run_dir: str | Path, sparsity: float = 0.8, rounds: int = 1, epochs: i
     base = child_recipe(recipe, parent)
     tuned = finetune_recipe(base, s) if tune else base
     trainer = make_trainer(tuned, None, cls=MaskedTrainer, callbacks=callbacks)
-    load_final_weights(parent, trainer.model, trainer.device)
+    s["parent_weights"] = load_final_weights(parent, trainer.model, trainer.device, checkpoint)
     layers = prunable(trainer.model)
     if not layers:
         raise RunDirError(f"'{parent}': model '{recipe.model.name}' has no Linear or Conv weights to prune")

@@ -77,7 +77,8 @@ def _save(qmodel: nn.Module, mode: str, child, settings: dict, model_spec: dict)
 
 
 def quantize(run_dir: str | Path, mode: str = "dynamic", out: Optional[str | Path] = None,
-             calibration_samples: int = 512, repeats: int = 200, warmup: int = 20, threads: int = 1) -> Path:
+             calibration_samples: int = 512, repeats: int = 200, warmup: int = 20, threads: int = 1,
+             checkpoint: Optional[str] = None) -> Path:
     """Quantize a trained (or pruned) run to int8 and write a derived run directory; returns its path.
     derived.json's report: size on disk, CPU latency (batch 1 and 64, median of `repeats` after
     `warmup`, on `threads` threads), J per inference sample and metrics, fp32 against int8, which
@@ -94,13 +95,13 @@ def quantize(run_dir: str | Path, mode: str = "dynamic", out: Optional[str | Pat
     parent, recipe = open_trained(run_dir, "quantize")
     cpu_recipe = _cpu_recipe(child_recipe(recipe, parent))
     trainer = make_trainer(cpu_recipe, None, callbacks=[])
-    load_final_weights(parent, trainer.model, trainer.device)
+    used = load_final_weights(parent, trainer.model, trainer.device, checkpoint)  # `checkpoint`: instead of the final
     fp32 = trainer.model.eval()
     qmodel = quantize_model(fp32, mode, recipe.model.name, _calibration(trainer, calibration_samples))
     ao = mode in AO_MODES
     settings = {"mode": mode, "library": "torchao" if ao else "torch.ao.quantization (eager)",
                 "engine": "torchao" if ao else torch.backends.quantized.engine, "dtype": "int8" if ao else "qint8",
-                "calibration_samples": calibration_samples if mode == "static" else 0}
+                "calibration_samples": calibration_samples if mode == "static" else 0, "parent_weights": used}
     child = create_child(parent, cpu_recipe, out, f"int8-{mode}", "quantize", settings)
     int8_bytes = _save(qmodel, mode, child, settings, recipe.model.model_dump())
     float_bytes = fp32_bytes(fp32, child.checkpoints)

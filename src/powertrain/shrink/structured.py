@@ -103,7 +103,7 @@ def pruned_recipe(base: Recipe, widths: dict) -> Recipe:
 
 def prune_channels(run_dir: str | Path, channels: float = 0.5, epochs: int = 2, lr: Optional[float] = None,
                    steps: Optional[int] = None, out: Optional[str | Path] = None, callbacks=None,
-                   repeats: int = 100, warmup: int = 10, threads: int = 1) -> Path:
+                   repeats: int = 100, warmup: int = 10, threads: int = 1, checkpoint: Optional[str] = None) -> Path:
     """Remove the fraction `channels` of every hidden layer's channels of a trained `cnn` or `mlp` run,
     fine-tune (`epochs` or `steps`, at `lr`, default a tenth of the run's, cosine to 0) and write a
     derived run directory; returns its path. derived.json's report: widths, parameters, FLOPs per
@@ -113,21 +113,23 @@ def prune_channels(run_dir: str | Path, channels: float = 0.5, epochs: int = 2, 
 
     >>> child = prune_channels("runs/digits-mlp", channels=0.5, epochs=1)  # doctest: +SKIP
     """
-    return _prune(run_dir, "channels", channels, epochs, lr, steps, out, callbacks, repeats, warmup, threads)
+    return _prune(run_dir, "channels", channels, epochs, lr, steps, out, callbacks, repeats, warmup, threads,
+                  checkpoint)
 
 
 def prune_heads(run_dir: str | Path, heads: float = 0.5, epochs: int = 2, lr: Optional[float] = None,
                 steps: Optional[int] = None, out: Optional[str | Path] = None, callbacks=None,
-                repeats: int = 100, warmup: int = 10, threads: int = 1) -> Path:
+                repeats: int = 100, warmup: int = 10, threads: int = 1, checkpoint: Optional[str] = None) -> Path:
     """As `prune_channels`, removing the fraction `heads` of the attention heads of every layer of a
     trained `transformer` or `gpt` run (heads.py); the child's recipe holds `n_head` and `head_dim`.
 
     >>> child = prune_heads("runs/mnist1d-transformer", heads=0.5, epochs=1)  # doctest: +SKIP
     """
-    return _prune(run_dir, "heads", heads, epochs, lr, steps, out, callbacks, repeats, warmup, threads)
+    return _prune(run_dir, "heads", heads, epochs, lr, steps, out, callbacks, repeats, warmup, threads, checkpoint)
 
 
-def _prune(run_dir, what: str, amount: float, epochs, lr, steps, out, callbacks, repeats, warmup, threads) -> Path:
+def _prune(run_dir, what: str, amount: float, epochs, lr, steps, out, callbacks, repeats, warmup, threads,
+           checkpoint=None) -> Path:
     s = _settings(what, amount, epochs, lr, steps)
     if what == "channels":
         need_extra("torch_pruning", "shrink", "structured pruning (--channels)")
@@ -142,7 +144,7 @@ def _prune(run_dir, what: str, amount: float, epochs, lr, steps, out, callbacks,
 
     base = child_recipe(recipe, parent)
     source = make_trainer(base, None, callbacks=[])  # the parent's model and data; writes nothing
-    load_final_weights(parent, source.model, source.device)
+    s["parent_weights"] = load_final_weights(parent, source.model, source.device, checkpoint)
     sample = next(source.data.test.batches(torch.arange(1), 1))[0] if source.data.test is not None else \
         next(source.data.val.batches(torch.arange(1), 1))[0]
     parent_model = source.model.eval()

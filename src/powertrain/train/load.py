@@ -132,21 +132,22 @@ def load_trainer(run: RunDir, checkpoint_name: Optional[str] = None, teacher: bo
         return trainer
     trainer = build_trainer(recipe, run, callbacks=[], teacher=teacher, writes=False)
     trainer.adopt_recorded_precision(run.read("bill", required=False))  # 'auto': as the run's probe decided
-    trainer.strategy.load_best(Path(weights) if Path(weights).is_file() else Path(weights) / "model.safetensors",
+    trainer.strategy.load_best(Path(weights) if Path(weights).suffix == ".safetensors" else Path(weights) / "model.safetensors",
                                trainer.model, trainer.device)
     return trainer
 
 
-def load_model(run_dir: str | Path) -> tuple[nn.Module, Recipe, Trainer]:
-    """Any run's final model, in eval mode: fp32 (trained or pruned) on the run's device, or int8 (quantized) on the CPU.
-    Returns (model, recipe, trainer), the trainer holding the run's data.
+def load_model(run_dir: str | Path, checkpoint: Optional[str] = None) -> tuple[nn.Module, Recipe, Trainer]:
+    """Any run's final model (or the named checkpoint's, e.g. 'step-00000040'), in eval mode: fp32 (trained or
+    pruned) on the run's device, or int8 (quantized) on the CPU. Returns (model, recipe, trainer), the
+    trainer holding the run's data.
 
     >>> model, recipe, trainer = load_model("runs/digits-mlp-int8")  # doctest: +SKIP
     """
     run = RunDir.open(run_dir)
-    if run.kind == "quantized":
+    if run.kind == "quantized" and not checkpoint:
         return load_quantized(run, run.recipe())
-    trainer = load_trainer(run)
+    trainer = load_trainer(run, checkpoint)
     return trainer.model.eval(), run.recipe(), trainer
 
 
