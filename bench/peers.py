@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import os
 import sys
@@ -108,7 +109,8 @@ def ours(recipe, bundle, steps, tmp: Path):
     return clock.t1 - clock.t0, model
 
 
-def lightning(recipe, bundle, steps):
+def lightning(recipe, bundle, steps, bill: Path | None = None):
+    """`bill`: a folder for powertrain's BillCallback (the run directory it writes), else none."""
     import lightning as L
 
     tc, seed = recipe.train, recipe.run.seed
@@ -156,8 +158,13 @@ def lightning(recipe, bundle, steps):
     net, clock = build_torch(recipe, bundle.meta), Clock()
     loader = torch.utils.data.DataLoader(Batches(), batch_sampler=Sampler(), collate_fn=lambda b: b,
                                          generator=torch.Generator())  # its per-iterator seed not from the global RNG
+    callbacks = [clock]
+    if bill is not None:  # before the clock: the last step's time includes the callback's work
+        from powertrain.integrations.lightning import BillCallback
+
+        callbacks = [BillCallback(out=bill, model="net"), clock]
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
     trainer.fit(Module(net), loader)
     return clock.t1 - clock.t0, net
 
@@ -183,8 +190,9 @@ def keras_model(recipe, meta):
     return keras.Sequential(out)
 
 
-def keras_run(recipe, bundle, steps):
-    """Keras's own way: model.fit on arrays, shuffled each epoch by Keras, `steps` steps in all."""
+def keras_run(recipe, bundle, steps, bill: Path | None = None):
+    """Keras's own way: model.fit on arrays, shuffled each epoch by Keras, `steps` steps in all; `bill`: a
+    folder for powertrain's BillCallback."""
     import keras
 
     tc = recipe.train
@@ -208,7 +216,12 @@ def keras_run(recipe, bundle, steps):
             self.t1 = time.perf_counter()
 
     clock = Clock()
-    model.fit(x, y, batch_size=tc.batch_size, epochs=epochs, shuffle=True, verbose=0, callbacks=[clock])
+    callbacks = [clock]
+    if bill is not None:  # before the clock, as for Lightning
+        from powertrain.integrations.keras import BillCallback
+
+        callbacks = [BillCallback(out=bill), clock]
+    model.fit(x, y, batch_size=tc.batch_size, epochs=epochs, shuffle=True, verbose=0, callbacks=callbacks)
     done = int(opt.iterations)
     return clock.t1 - clock.t0, model, done
 
@@ -241,14 +254,22 @@ def bench(steps: int, repeats: int, recipe_name: str = "mnist1d-cnn") -> list[di
         peers["PyTorch Lightning"] = lightning
     if have["Keras"]:
         peers["Keras 3 (torch backend)"] = keras_run
+    billed = {name: fn for name, fn in peers.items() if fn in (lightning, keras_run)}  # each with its BillCallback too
     best = {name: math.inf for name in peers}
+    best_billed = {name: math.inf for name in billed}
     results: dict = {}
+    bills: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
             for name, fn in peers.items():
                 out = ours(recipe, bundle, steps, Path(tmp) / f"run-{r}") if fn is None else fn(recipe, bundle, steps)
                 best[name] = min(best[name], out[0])
                 results[name] = out
+                if name in billed:  # right after the same peer without it: noise hits both alike
+                    folder = Path(tmp) / f"bill-{r}-{list(billed).index(name)}"
+                    with_bill = billed[name](recipe, bundle, steps, bill=folder)
+                    best_billed[name] = min(best_billed[name], with_bill[0])
+                    bills[name] = json.loads((folder / "bill.json").read_text())  # before the folder goes
     x, y = bundle.test.tensors
     ref = results["plain PyTorch"][1].state_dict()
     rows = []
@@ -260,6 +281,10 @@ def bench(steps: int, repeats: int, recipe_name: str = "mnist1d-cnn") -> list[di
         rows.append({"peer": name, "steps": done, "steps_s": done / best[name],
                      "ratio": (done / best[name]) / (steps / best["plain PyTorch"]),
                      "accuracy": keras_accuracy(model, x, y) if keras_ else accuracy(model, x, y), "same": same})
+        if name in best_billed:
+            bill = bills[name]
+            rows[-1].update(billed_s=best_billed[name], overhead=best_billed[name] / best[name] - 1,
+                            bill_steps=bill["steps"], bill_flops=bill["flops"]["train_total"])
     return rows
 
 
@@ -281,6 +306,16 @@ def write_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def overhead_table(rows: list[dict]) -> str:
+    lines = ["| framework | steps | seconds without | seconds with BillCallback | overhead | steps on the bill | "
+             "training FLOPs on the bill |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "overhead" in r:
+            lines.append(f"| {r['peer']} | {r['steps']} | {r['steps'] / r['steps_s']:.3f} | {r['billed_s']:.3f} | "
+                         f"{r['overhead']:+.2%} | {r['bill_steps']} | {r['bill_flops']:.4g} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=1080, help="optimizer steps per run (36 per epoch of MNIST-1D: 30 epochs)")
@@ -294,6 +329,10 @@ def main() -> None:
     rows = bench(args.steps, args.repeats)
     table = write_table(rows)
     print(table)
+    for r in rows:  # plain lines on stdout (the markdown table goes into the docs)
+        if "overhead" in r:
+            print(f"BillCallback overhead, {r['peer']}: {r['overhead']:+.2%} ({r['steps'] / r['steps_s']:.3f} s "
+                  f"without, {r['billed_s']:.3f} s with; the bill counts {r['bill_steps']} steps)")
     if not args.no_write:
         write_section("Peers (bench/peers.py)",
                       f"The mnist1d-cnn recipe's model (fp32, AdamW lr 3e-3 wd 1e-2, constant LR, batch 100, "
@@ -303,6 +342,14 @@ def main() -> None:
                       f"the data order and the initial weights; Keras uses its own initialisers and shuffling "
                       f"(same layers and shapes), so its accuracy differs by chance.\n"
                       f"Command: `python bench/peers.py`\n\n{table}")
+        if any("overhead" in r for r in rows):
+            write_section("BillCallback overhead (bench/peers.py)",
+                          f"The same run: each framework's peer above again with powertrain's BillCallback "
+                          f"(powertrain.integrations.lightning / .keras), right after the run without it, best of "
+                          f"{args.repeats} each, timed the same way (train-start hook to the end of the last step, "
+                          f"the callback's per-step work and its one FLOP count on the first batch included; "
+                          f"writing bill.json after training excluded). The Hugging Face Trainer is not in this "
+                          f"bench.\nCommand: `python bench/peers.py`\n\n{overhead_table(rows)}")
 
 
 if __name__ == "__main__":
