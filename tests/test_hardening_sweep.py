@@ -8,8 +8,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("optuna")
 
@@ -154,3 +156,35 @@ def test_the_baseline_is_billed_like_the_trials_no_run_pays_the_process_start_up
     assert new_imports("warm").split(" ")[0] == "0"
     cold = new_imports("cold")
     assert int(cold.split(" ")[0]) > 0 and "torchmetrics" in cold  # the test can fail: a cold process does
+
+
+def test_the_front_reads_energy_in_joules_with_plain_ticks_and_learning_rates_are_short(tmp_path, monkeypatch):
+    """Issue 20's polish of the sweep front: the axis says "energy (J)" with ticks like 0.4, not "energy_j" and
+    4x10^-1; a sampled learning rate has at most 4 significant digits, and the trial trained with that value."""
+    import matplotlib.figure
+
+    from powertrain.study.summary import _plain_tick
+
+    labels = []
+    real = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *a, **k):
+        ax = fig.axes[0]
+        fig.canvas.draw()
+        labels.append((ax.get_xlabel(), [t.get_text() for t in ax.get_xticklabels() if t.get_text()]))
+        return real(fig, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    sweep = Sweep.create("xor", {"train.lr": {"log": [1e-3, 1e-1]}}, overrides=["train.epochs=2"], out=tmp_path / "sw",
+                         trials=2)
+    s = run_sweep(sweep, say=lambda *a: None)
+    xlabel, ticks = labels[-1]
+    assert xlabel == "energy (J) (log scale)" and ticks and not any("^" in t or "times" in t for t in ticks), ticks
+    assert all(float(t.rstrip("kMGT")) > 0 for t in ticks), ticks  # plain numbers
+    assert [_plain_tick(v, "energy_j") for v in (0.4, 2.0, 1500.0, 2e6)] == ["0.4", "2", "1.5k", "2M"]
+    for t in s["trials"]:
+        (text,) = t["overrides"]
+        value = text.split("=", 1)[1]
+        assert len(value.replace("0.", "").lstrip("0").replace(".", "").split("e")[0]) <= 4, text
+        recipe = yaml.safe_load((Path(t["run_dir"]) / "recipe.yaml").read_text())
+        assert recipe["train"]["lr"] == float(value)  # the trial trained with the value shown

@@ -213,12 +213,27 @@ def _f(v, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+COST_LABELS = {"energy_j": "energy (J)", "flops": "training FLOPs", "time_s": "time (s)", "params": "parameters",
+               "co2e_g": "CO2e (g)"}
+
+
+def _plain_tick(v: float, cost: str) -> str:
+    """A log axis tick as a plain number: 0.4, 2, 30, 1.5k, 2M (no powers of ten)."""
+    if v <= 0:
+        return ""
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= scale:
+            return f"{v / scale:g}{suffix}"
+    return f"{v:.3g}"
+
+
 def plot_front(sweep, s: dict) -> Path:
     """Metric against the first cost (log scale): every trial, the front joined, the chosen one ringed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     split, objs = s["split"], s["objectives"]
     metric = next(n for n, _ in objs if n not in COSTS)
@@ -244,7 +259,9 @@ def plot_front(sweep, s: dict) -> Path:
         ax.scatter([pts[c["number"]][0]], [pts[c["number"]][1]], s=260, facecolors="none", edgecolors="tab:green",
                    lw=2, label=f"chosen: trial {c['number']}", zorder=5)
     ax.set_xscale("log")
-    ax.set_xlabel(f"{cost} (log scale)")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _plain_tick(v, cost)))  # 0.4 J, not 4x10^-1
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel(f"{COST_LABELS.get(cost, cost)} (log scale)")
     ax.set_ylabel(f"{split} {metric}")
     ax.set_title(f"sweep {sweep.path.name}: {len(pts)} trials")
     ax.grid(alpha=0.3)

@@ -343,9 +343,15 @@ def warm_up(where: Path) -> float:
 
 
 def _suggest(dims: list[Dim], trial) -> list[str]:
+    """The trial's own overrides; a sampled float keeps 4 significant digits (lr 0.003162, not 0.0031622776601683794):
+    the trial trains with exactly the value its line and command show."""
     from .space import override
 
-    return [override(d.key, d.suggest(trial)) for d in dims]
+    return [override(d.key, _short(d.suggest(trial))) for d in dims]
+
+
+def _short(v):
+    return float(f"{v:.4g}") if isinstance(v, float) else v
 
 
 def _alive(pid: int) -> bool:
