@@ -105,6 +105,8 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], prefix
             parts.append(f"{key}: required key is missing; add it to the recipe")
         else:
             msg = e["msg"].replace("Input should be", "expected").replace("Value error, ", "")
+            msg = msg.replace(", got a number with a fractional part", " (not a fraction)").replace(
+                ", unable to parse string as an integer", "")
             parts.append(f"{key}: {msg}, got {_short(e['input'])}" if loc else f"{key}: {msg}")
     return "; ".join(parts)
 

@@ -180,6 +180,7 @@ def check_field(annotation, value, *, sizes: bool = False):
         if kind == "int" and isinstance(value, float) and math.isfinite(value) and value.is_integer():
             value = int(value)
         if isinstance(value, int):
+            sizes = sizes and kind == "int"  # a float option (a rate, a fraction) is not a size
             low = 0 if sizes else -MAX_INT
             high = MAX_SIZE if sizes else MAX_INT
             if not low <= value <= high:
