@@ -14,7 +14,7 @@ from powertrain.measure.peak import GPU_PEAKS, Peak, cpu_peak, lookup_peak, mfu
 # --- carbon -------------------------------------------------------------------------------------
 
 def test_co2e_is_kwh_times_pue_times_intensity_and_cost_is_priced_kwh():
-    model = CarbonModel(grid_intensity("germany"), pue=1.2, price_per_kwh=0.3, currency="EUR")
+    model = CarbonModel(grid_intensity(381), pue=1.2, price_per_kwh=0.3, currency="EUR")
     energy_j = 7.2e6  # 2 kWh at the plug of the computer
     assert model.kwh(energy_j) == pytest.approx(2 * 1.2)
     assert model.co2e_g(energy_j) == pytest.approx(2 * 1.2 * 381)
@@ -27,7 +27,8 @@ def test_co2e_is_kwh_times_pue_times_intensity_and_cost_is_priced_kwh():
 def test_region_table_is_sourced_and_errors_name_the_fix():
     assert len(REGIONS) >= 12
     assert all(r.source and r.year and r.g_per_kwh > 0 for r in REGIONS.values())
-    assert grid_intensity(" France ").g_per_kwh == 56
+    assert REGIONS["france"].g_per_kwh == 56  # our table; CodeCarbon's, when installed, answers first:
+    assert grid_intensity(" France ").g_per_kwh == pytest.approx(56, abs=1)  # 56.04 in CodeCarbon 3.3.2
     with pytest.raises(ValueError, match="not in the grid table.*or a number"):
         grid_intensity("atlantis")
     with pytest.raises(ValueError, match="negative"):
