@@ -102,7 +102,7 @@ class RunDir:
                 value = getattr(self, name)
                 if isinstance(value, Path) and (value.exists() or value.is_symlink()):
                     self.guard(value)
-        for extra in (self.path / "export", *self._checkpoint_entries()):
+        for extra in (self.path / "export", self.path / "wandb", self.path / "wandb.json", *self._checkpoint_entries()):
             if extra.exists() or extra.is_symlink():
                 self.guard(extra)
 
