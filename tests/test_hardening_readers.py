@@ -36,7 +36,7 @@ def finished(tmp_path_factory):
                             out=tmp_path_factory.mktemp("readers") / "run", callbacks=[]).dir
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def training(finished):
     """The finished run while another process holds its lock (a resume extending it)."""
     p = subprocess.Popen([sys.executable, "-c", HOLD, str(finished)], stdout=subprocess.PIPE, text=True)

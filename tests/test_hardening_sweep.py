@@ -122,7 +122,7 @@ def test_the_summary_is_printed_once_and_says_when_a_trial_still_runs(copy, cli_
 
 
 CHILD = textwrap.dedent("""
-    import sys, tempfile, pathlib
+    import sys, pathlib
     import powertrain
     from powertrain import Callback
     from powertrain.study.sweep import warm_up
@@ -132,30 +132,24 @@ CHILD = textwrap.dedent("""
         def on_fit_end(self, t): self.new = sorted(set(sys.modules) - self.before)
 
     folder = pathlib.Path(sys.argv[1])
-    if sys.argv[2] == "warm":
-        warm_up(folder)
+    cold = "torchmetrics" in sys.modules
+    warm_up(folder)
     spy = Imports()
     powertrain.train("digits-mlp", ["train.max_steps=3"], out=folder / "run", callbacks=[spy])
-    print(len(spy.new), " ".join(m for m in spy.new if "." not in m))
+    print(cold, "torchmetrics" in sys.modules, len(spy.new), " ".join(m for m in spy.new if "." not in m))
 """)
 
 
 def test_the_baseline_is_billed_like_the_trials_no_run_pays_the_process_start_up(tmp_path):
     """The issue: a baseline that alone paid ~1.1 s of process start-up (torchmetrics' import on its first
-    evaluation, inside its fit window). After the sweep's warm-up, a process's first run imports nothing while
-    it is billed, as every later run of the process; without it, it does."""
-    def new_imports(mode: str) -> str:
-        folder = tmp_path / mode
-        folder.mkdir()
-        r = subprocess.run([sys.executable, "-c", CHILD, str(folder), mode], capture_output=True, text=True,
-                           timeout=300)
-        assert r.returncode == 0, r.stderr[-800:]
-        assert not [p for p in folder.iterdir() if p.name.startswith(".warm-up")]  # the warm-up left nothing
-        return r.stdout.split("\n")[0]
-
-    assert new_imports("warm").split(" ")[0] == "0"
-    cold = new_imports("cold")
-    assert int(cold.split(" ")[0]) > 0 and "torchmetrics" in cold  # the test can fail: a cold process does
+    evaluation, inside its fit window). In a fresh process, which has not imported torchmetrics, the sweep's
+    warm-up does it, and the first billed run then imports nothing while it is billed, as every later run."""
+    r = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-800:]
+    cold, imported, n_new, names = (r.stdout.split("\n")[0].split(" ", 3) + [""])[:4]
+    assert cold == "False" and imported == "True"  # the process started without it: the warm-up imported it
+    assert n_new == "0", names  # the billed run imported nothing
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".warm-up")]  # the warm-up left nothing
 
 
 def test_the_front_reads_energy_in_joules_with_plain_ticks_and_learning_rates_are_short(tmp_path, monkeypatch):
