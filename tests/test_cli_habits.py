@@ -91,7 +91,10 @@ def test_runs_lists_every_state_newest_first(runs, tmp_path, capsys):
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert RunDir(folder / "a-complete").status()["state"] == "complete"  # eval.json wins: training ended
+        assert RunDir(folder / "a-complete").status()["state"] == "training"  # a writer wins: a resume extends it
+        holder.kill()
+        holder.wait()
+        assert RunDir(folder / "a-complete").status()["state"] == "complete"  # eval.json and no writer: ended
         training = folder / "c-training"
         shutil.copytree(runs["digits-mlp"], training)
         (training / "eval.json").unlink()
