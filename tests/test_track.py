@@ -92,6 +92,7 @@ def test_every_reader_reads_it(tracked, tmp_path):
     assert any(r["recipe"] == "loop-Sequential" and r["state"] == "complete" for r in listed)
     err = cli("eval", str(tracked), cwd=tmp_path)
     assert err.returncode == 2 and err.stderr.count("\n") == 1 and "Traceback" not in err.stderr  # one line
+    assert "outside powertrain; its weights are with that framework" in err.stderr
 
 
 def test_a_failed_loop_leaves_no_bill(tmp_path):

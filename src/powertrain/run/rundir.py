@@ -350,6 +350,11 @@ class RunDir:
         es = (self.raw_recipe().get("train") or {}).get("early_stop") or {}
         if es and es.get("restore_best", True) and self.best_weights.is_file():
             return self.best_weights
+        model = self.raw_recipe().get("model") or {}
+        if model.get("name") == "external":  # powertrain.track or an integrations BillCallback wrote it
+            raise RunDirError(f"'{self.path}' was trained by {model.get('framework', 'another framework')} outside "
+                              f"powertrain; its weights are with that framework (powertrain keeps its bill, metrics "
+                              f"and eval.json)")
         found = self.list_checkpoints()
         if not found:
             raise RunDirError(f"'{self.path}' has no checkpoint yet; finish it with `powertrain resume {self.path}`")
