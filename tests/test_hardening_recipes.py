@@ -222,3 +222,15 @@ def test_a_huge_batch_of_a_cnn_is_refused_on_its_layer_outputs():
     with pytest.raises(ModelError, match="of layer outputs for a batch of 100000000"):
         check_memory(lambda: entry.build(opts, meta), meta, 10**8, "model 'cnn'", available=10**10)
     assert torch.zeros(1).device.type == "cpu"  # the meta device was left
+
+
+def test_on_a_gpu_the_training_figure_is_held_against_the_devices_free_memory(monkeypatch):
+    """No GPU here: torch.cuda's answers are stood in, to show which memory the check reads on one (the
+    device's free memory for training; the machine's for the weights, built on the CPU first)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10**8, 80 * 10**9))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    meta = DataMeta((64,), "multiclass", 10)
+    with pytest.raises(ModelError, match=r"but NVIDIA H200 has 0\.1 GB available"):
+        models.build({"name": "mlp", "hidden": [100_000]}, meta)  # 7.5 M parameters: 120 MB to train
+    models.build({"name": "mlp", "hidden": [100_000]}, meta, device="cpu")  # on the CPU it fits
