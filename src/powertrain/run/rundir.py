@@ -35,15 +35,16 @@ import yaml
 from .atomic import atomic_write, dumps, write_json
 from .records import MetricsLog, read_json, read_jsonl
 from .checkpoint import validate as validate_checkpoint
+from .links import Links
+from .state import CHECKPOINT_PREFIX, RunState
 from .storage import write_failure
 from ..errors import RecipeError, RunDirError
 from ..recipe.strict import clean_name, load_yaml
 
-CHECKPOINT_PREFIX = "step-"
 
 
 # ---------------------------------------------------------------- the run directory
-class RunDir:
+class RunDir(Links, RunState):
     """One run directory: its paths, files, lock, kind and final weights."""
 
     def __init__(self, path: str | Path):
@@ -76,40 +77,6 @@ class RunDir:
     report_file = property(lambda self: self.path / "report.html")  # `powertrain report RUN` (default --out)
     tensorboard_dir = property(lambda self: self.path / "tensorboard")  # event files (run.tensorboard)
     mlflow_file = property(lambda self: self.path / "mlflow.json")  # {"tracking_uri", "experiment_id", "run_id"}
-
-    # -- links: nothing is read or written through a symbolic link that leads out of the run ----------
-    def outside(self, path: Path) -> Optional[Path]:
-        """Where `path` really leads when a symbolic link in it leads out of the run directory, else None."""
-        try:
-            root, real = self.path.resolve(), Path(path).resolve()
-        except (OSError, RuntimeError):  # a loop of links
-            return Path(path)
-        return None if real == root or real.is_relative_to(root) else real
-
-    def guard(self, path: Path) -> Path:
-        """`path`, or a one-line RunDirError when a symbolic link in it leads out of the run directory."""
-        real = self.outside(path)
-        if real is not None:
-            raise RunDirError(f"'{path}' is a symbolic link (or lies under one) that leads to '{real}', outside the "
-                              f"run directory '{self.path}'; powertrain neither reads nor writes through it: remove "
-                              f"the link")
-        return path
-
-    def check_links(self) -> None:
-        """Every file and folder powertrain reads or writes here (and every checkpoint) stays inside the run."""
-        for name in dir(type(self)):
-            if isinstance(getattr(type(self), name, None), property) and name not in ("kind", "started"):
-                value = getattr(self, name)
-                if isinstance(value, Path) and (value.exists() or value.is_symlink()):
-                    self.guard(value)
-        for extra in (self.path / "export", self.path / "wandb", self.path / "wandb.json", *self._checkpoint_entries()):
-            if extra.exists() or extra.is_symlink():
-                self.guard(extra)
-
-    def _checkpoint_entries(self) -> list[Path]:
-        if not self.checkpoints.is_dir() or self.outside(self.checkpoints) is not None:
-            return []
-        return list(self.checkpoints.iterdir())
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"{CHECKPOINT_PREFIX}{step:08d}"
@@ -403,58 +370,6 @@ class RunDir:
         """When the run was made (env.json's modification time, which nothing rewrites), as a Unix time."""
         f = self.env_file if self.env_file.exists() else self.path
         return f.stat().st_mtime
-
-    def writer_pid(self) -> Optional[int]:
-        """The PID of the process writing this run now (it holds the lock), else None. Takes no lock:
-        a shared flock tried without blocking, released at once."""
-        try:
-            fd = os.open(self.lock_file, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return None  # nobody holds it (the flock goes with the descriptor, closed below)
-        except BlockingIOError:
-            text = os.read(fd, 32).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        finally:
-            os.close(fd)
-
-    def status(self) -> dict:
-        """{"state", "step", "checkpoint", "pid"}: state is 'complete' (eval.json: training ended), 'training'
-        (a process holds the lock now), 'interrupted' (stopped by a signal at a checkpoint: resume it) or
-        'failed' (it ended between checkpoints: a crash, an error, a kill; resume from the last checkpoint).
-        step: the newest checkpoint's step, else the last step in metrics.jsonl."""
-        ckpts = self.list_checkpoints()
-        newest = ckpts[-1] if ckpts else None
-        step = int(newest.name[len(CHECKPOINT_PREFIX):]) if newest is not None else None
-        if (pid := self.writer_pid()) is not None:  # before eval.json: a resume extends a finished run
-            return {"state": "training", "step": self._last_step(step), "checkpoint": newest, "pid": pid}
-        if self.eval_file.exists():
-            state = "complete"
-        else:
-            state = "interrupted" if newest is not None and self._stop_reason(newest) == "interrupted" else "failed"
-        return {"state": state, "step": step if step is not None else self._last_step(None),
-                "checkpoint": newest, "pid": None}
-
-    def _last_step(self, default: Optional[int]) -> Optional[int]:
-        try:
-            steps = [r["step"] for r in self.metrics() if isinstance(r.get("step"), int)]
-        except RunDirError:
-            return default
-        return max(steps, default=default)
-
-    @staticmethod
-    def _stop_reason(checkpoint: Path) -> Optional[str]:
-        """The stop reason a checkpoint's state.pt recorded (memory-mapped: the optimizer is not read)."""
-        import torch
-
-        try:
-            state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True, mmap=True)
-        except Exception:
-            return None
-        return (state.get("trainer") or {}).get("stop_reason") if isinstance(state, dict) else None
-
 
 def open_run(path: str | Path, overrides: Optional[list[str]] = None):
     """(path, recipe) of a readable run directory; the recipe with `overrides` applied (nothing written)."""
