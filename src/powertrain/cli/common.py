@@ -20,6 +20,19 @@ def number(text, flag: str, kind: type, expected: str):
         raise RecipeError(f"{flag}: expected {expected}, got '{text}'") from None
 
 
+def dump(obj) -> str:
+    """One JSON document for --json: strict (NaN and inf as null with a note beside: run/atomic.strict);
+    numpy and torch scalars as numbers, arrays as lists, paths and other objects as text."""
+    from ..run.atomic import dumps
+
+    def plain(x):
+        if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
+            return x.item()
+        return x.tolist() if hasattr(x, "tolist") else str(x)
+
+    return dumps(obj, indent=2, default=plain)
+
+
 def quiet_args(q) -> None:
     q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress display")
     q.add_argument("--quiet", "-q", action="store_true", help="no progress and no results: print only the run directory")

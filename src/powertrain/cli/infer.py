@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ..run.atomic import dumps
-from .common import CHECKPOINT_HELP, number
+from .common import CHECKPOINT_HELP, dump, number
 
 
 def cmd_predict(args) -> int:
@@ -17,7 +16,7 @@ def cmd_predict(args) -> int:
     if args.json:  # one JSON document on stdout, nothing else (the inference line goes to stderr)
         if args.out:
             write_predictions(result, args.out)
-        print(dumps({k: v for k, v in result.items() if k != "outputs"}, indent=2, default=str))
+        print(dump({k: v for k, v in result.items() if k != "outputs"}))
         print(inference_line(result), file=sys.stderr)
         return 0
     if args.out:

@@ -2,7 +2,7 @@
 what a run would cost."""
 from __future__ import annotations
 
-import json
+from .common import dump
 
 
 def _run_overrides(args) -> list[str]:
@@ -21,7 +21,7 @@ def cmd_bill(args) -> int:
     bill = RunDir(path).read("bill")
     if _run_overrides(args):
         bill = recarbon(bill, recipe.run)
-    print(json.dumps(bill, indent=2) if args.json else format_bill(bill))
+    print(dump(bill) if args.json else format_bill(bill))
     return 0
 
 
@@ -36,28 +36,6 @@ def cmd_regions(args) -> int:
     for r in regions:
         print(f"{r.region:<{width}} {r.g_per_kwh:>7.4g} g CO2e/kWh  ({r.year or 'year not given'}; {r.source})")
     return 0
-
-
-def dump(obj) -> str:
-    """One JSON document for --json (paths and other objects as text, NaN and inf as null)."""
-    import math
-
-    def clean(x):
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {str(k): clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        if x is None or isinstance(x, (bool, int, float, str)):
-            return x
-        if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:  # a numpy or torch scalar
-            return clean(x.item())
-        if hasattr(x, "tolist"):
-            return clean(x.tolist())
-        return str(x)
-
-    return json.dumps(clean(obj), indent=2, allow_nan=False)
 
 
 def cmd_compare(args) -> int:
@@ -86,7 +64,7 @@ def cmd_runs(args) -> int:
 
     rows = find_runs(args.dir)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dump(rows))
     else:
         print(format_runs(rows, args.dir))
     return 0

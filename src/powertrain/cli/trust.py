@@ -1,8 +1,7 @@
 """`powertrain explain | audit`: can the run be trusted."""
 from __future__ import annotations
 
-from .common import CHECKPOINT_HELP, number
-from .runs import dump
+from .common import CHECKPOINT_HELP, dump, number
 
 
 def cmd_explain(args) -> int:

@@ -50,7 +50,8 @@ def build_trainer(recipe: Recipe, run: Optional[RunDir], callbacks=None, *, teac
     main = distributed.setup(recipe.train.strategy).is_main
     if run is not None and main and bundle.meta.vocab is not None:
         run.keep_vocab(bundle.meta.vocab)
-    model = models.build(recipe.model.model_dump(), bundle.meta)
+    model = models.build(recipe.model.model_dump(), bundle.meta, batch_size=recipe.train.batch_size,
+                         device=recipe.train.device)  # refused before allocation when training would not fit
     if recipe.model.init_from:
         from . import transfer
 
