@@ -16,10 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_HOME = ROOT / "build" / "test-home"
-SUITE_FOLDERS = {"POWERTRAIN_CACHE_DIR": "powertrain-cache", "XDG_CACHE_HOME": "xdg-cache",
-                 "XDG_CONFIG_HOME": "xdg-config", "XDG_DATA_HOME": "xdg-data", "MPLCONFIGDIR": "matplotlib"}
-USER_SETTINGS = ("POWERTRAIN_CACHE", "POWERTRAIN_DATA", "POWERTRAIN_CPU_W_PER_CORE")
+from suite_env import SUITE_FOLDERS, TEST_HOME, USER_SETTINGS  # noqa: E402  (tests/suite_env.py)
 for _var, _sub in SUITE_FOLDERS.items():
     os.environ[_var] = str(TEST_HOME / _sub)
     (TEST_HOME / _sub).mkdir(parents=True, exist_ok=True)

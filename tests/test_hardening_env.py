@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import conftest
+import suite_env as conftest  # the names tests/conftest.py sets the environment from
 from powertrain import settings
 
 

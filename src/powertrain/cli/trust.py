@@ -11,12 +11,7 @@ def cmd_explain(args) -> int:
     r = explain(args.run_dir, methods, split=args.split, n=number(args.n, "--n", int, "a whole number >= 2"),
                 target=args.target, checkpoint=args.checkpoint, seed=number(args.seed, "--seed", int, "a whole number"),
                 checks=args.checks)
-    if args.json:
-        print(dump(r))
-        return 0
-    print(format_explain(r))
-    print(f"written: {args.run_dir}/explain.json, {args.run_dir}/{r['picture']}")
-    return 0
+    return _show(args, r, format_explain, "explain.json")
 
 
 def cmd_audit(args) -> int:
@@ -24,11 +19,16 @@ def cmd_audit(args) -> int:
 
     r = audit(args.run_dir, n=number(args.n, "--n", int, "a whole number >= 10"), nonmembers=args.nonmembers,
               seed=number(args.seed, "--seed", int, "a whole number"), checkpoint=args.checkpoint)
+    return _show(args, r, format_audit, "audit.json")
+
+
+def _show(args, report: dict, format_report, file: str) -> int:
+    """--json: the report as one JSON document; else its text and the files written."""
     if args.json:
-        print(dump(r))
+        print(dump(report))
         return 0
-    print(format_audit(r))
-    print(f"written: {args.run_dir}/audit.json, {args.run_dir}/{r['picture']}")
+    print(format_report(report))
+    print(f"written: {args.run_dir}/{file}, {args.run_dir}/{report['picture']}")
     return 0
 
 
