@@ -29,7 +29,8 @@ from powertrain import Callback
 
 RECIPE = "digits-mlp"  # dropout: a resume that loses the RNG state gives other bits
 OVERRIDES = ["train.epochs=8", "train.eval_every_steps=9", "train.checkpoint_every_steps=6", "train.log_every=4",
-             "train.early_stop.metric=accuracy", "train.early_stop.patience=3"]
+             "train.early_stop.metric=accuracy", "train.early_stop.patience=3",
+             "train.device=cpu"]  # the same bits are the CPU's promise (with the same thread count: THREADS)
 # 21 steps per epoch: epoch ends 21 (no checkpoint), 42 (checkpoint), 63 (evaluation + checkpoint);
 # evaluations every 9 steps and checkpoints every 6 coincide at 18, 36, ...; early stopping ends it in epoch 4
 THREADS = 1  # every child, the reference included: the same bits need the same thread count

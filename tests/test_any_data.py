@@ -28,7 +28,7 @@ def model() -> nn.Module:
 
 def fit(data, **cfg) -> Trainer:
     torch.manual_seed(1)
-    cfg = {"epochs": 2, "batch_size": 32, "lr": 0.05, "precision": "fp32", **cfg}
+    cfg = {"epochs": 2, "batch_size": 32, "lr": 0.05, "precision": "fp32", "device": "cpu", **cfg}  # CPU: bit for bit
     return Trainer(model(), data, TrainConfig(**cfg), callbacks=[], meter=False).fit()
 
 
@@ -63,7 +63,7 @@ class Stream(IterableDataset):
 
 def test_dataloader_matches_a_plain_loop():
     loader = DataLoader(TensorDataset(X, Y), batch_size=16)  # its batch size is the run's
-    cfg = TrainConfig(epochs=2, optimizer="sgd", lr=0.1, precision="fp32")
+    cfg = TrainConfig(epochs=2, optimizer="sgd", lr=0.1, precision="fp32", device="cpu")  # the plain loop's device
     t = Trainer(model(), loader, cfg, callbacks=[], meter=False)
     torch.manual_seed(1)  # dropout draws from the global RNG in both
     t.fit()
@@ -140,7 +140,7 @@ class InterruptAt(Callback):
 
 
 def resumed_equals_uninterrupted(make_data, tmp_path) -> tuple[Trainer, Trainer]:
-    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, precision="fp32", checkpoint_every_steps=1)
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, precision="fp32", device="cpu", checkpoint_every_steps=1)
     torch.manual_seed(1)
     whole = Trainer(model(), make_data(), cfg, run_dir=tmp_path / "whole", callbacks=[]).fit()
     torch.manual_seed(1)

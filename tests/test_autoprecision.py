@@ -19,7 +19,8 @@ from powertrain.data import DataBundle
 from powertrain.recipe import TrainConfig
 from powertrain.run.rundir import RunDir
 
-ARGS = ["train.epochs=2", "train.checkpoint_every_steps=5", "train.log_every=4"]  # digits-mlp: dropout, 21 steps/epoch
+ARGS = ["train.epochs=2", "train.checkpoint_every_steps=5", "train.log_every=4",  # digits-mlp: dropout, 21 steps/epoch
+        "train.device=cpu"]  # the probe is the CPU's: on a GPU 'auto' is bf16 by the hardware, never probed
 
 
 def fake_steps(fp32_s: float, bf16_s: float, spikes=()):
@@ -137,7 +138,8 @@ def test_resume_uses_the_recorded_precision_and_does_not_probe_again(explicit, t
 
 def test_a_checkpoint_from_before_the_probe_resumes_in_fp32():
     x = torch.randn(64, 4)
-    t = Trainer(torch.nn.Linear(4, 2), DataBundle.from_tensors((x, (x[:, 0] > 0).long())), TrainConfig(epochs=1),
+    t = Trainer(torch.nn.Linear(4, 2), DataBundle.from_tensors((x, (x[:, 0] > 0).long())),
+                TrainConfig(epochs=1, device="cpu"),
                 callbacks=[], meter=False)
     assert t._precision_pending and t.precision == "fp32"
     state = t.state_dict()
@@ -151,10 +153,10 @@ def test_no_probe_for_a_short_run_or_without_native_bf16(monkeypatch):
     data = DataBundle.from_tensors((x, (x[:, 0] > 0).long()))
     monkeypatch.setattr(autoprecision, "probe_speedup", lambda *a, **kw: pytest.fail("probed"))
     monkeypatch.setattr(autoprecision, "cpu_has_native_bf16", lambda: True)
-    t = Trainer(torch.nn.Linear(4, 2), data, TrainConfig(epochs=1), callbacks=[], meter=False).fit()
+    t = Trainer(torch.nn.Linear(4, 2), data, TrainConfig(epochs=1, device="cpu"), callbacks=[], meter=False).fit()
     assert t.precision == "fp32" and "a short run" in t.precision_note
     monkeypatch.setattr(autoprecision, "cpu_has_native_bf16", lambda: False)
-    t = Trainer(torch.nn.Linear(4, 2), data, TrainConfig(epochs=1), callbacks=[], meter=False).fit()
+    t = Trainer(torch.nn.Linear(4, 2), data, TrainConfig(epochs=1, device="cpu"), callbacks=[], meter=False).fit()
     assert t.precision == "fp32" and "no native bf16" in t.precision_note
-    t = Trainer(torch.nn.Linear(4, 2), data, TrainConfig(epochs=1, precision="fp32"), callbacks=[], meter=False).fit()
+    t = Trainer(torch.nn.Linear(4, 2), data, TrainConfig(epochs=1, precision="fp32", device="cpu"), callbacks=[], meter=False).fit()
     assert t.precision == "fp32" and t.precision_note is None  # asked for: nothing to decide

@@ -15,7 +15,8 @@ from powertrain.measure import EnergyBackend, EstimateBackend, Meter
 from powertrain.study.plan import chinchilla, plan
 from powertrain.report.compare import pareto_front
 
-ARGS = ["train.epochs=2", "train.checkpoint_every_steps=5"]
+ARGS = ["train.epochs=2", "train.checkpoint_every_steps=5", "train.device=cpu"]  # a CPU's bill: its measured peak,
+# its estimated energy, a plan calibrated from a CPU run
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,7 @@ def test_compare_keeps_one_front_per_dataset(digits_run, tmp_path):
     """A 4/4 XOR run is cheaper and 'more accurate' than any digits run, but must not dominate them."""
     from powertrain.report.compare import compare, table
 
-    xor = powertrain.train("xor", ["train.epochs=400"], out=tmp_path / "x", callbacks=[]).dir
+    xor = powertrain.train("xor", ["train.epochs=400", "train.device=cpu"], out=tmp_path / "x", callbacks=[]).dir
     rows, _ = compare([digits_run.dir, xor])
     assert [r["data"] for r in rows] == ["digits", "xor"]
     assert all(r.get("pareto_energy_j") and r.get("pareto_train_flops") for r in rows)
@@ -132,7 +133,7 @@ def test_compare_keeps_one_front_per_dataset(digits_run, tmp_path):
 def test_compare_writes_pareto_png(digits_run, tmp_path):
     runs = [digits_run.dir]
     for i, hidden in enumerate(([8], [32, 16])):
-        runs.append(powertrain.train("digits-mlp", ["train.epochs=1", f"model.hidden={hidden}"], out=tmp_path / f"c{i}",
+        runs.append(powertrain.train("digits-mlp", ["train.epochs=1", "train.device=cpu", f"model.hidden={hidden}"], out=tmp_path / f"c{i}",
                                      callbacks=[]).dir)
     png = tmp_path / "cmp.png"
     p = subprocess.run([sys.executable, "-m", "powertrain", "compare", *map(str, runs), "--png", str(png)],

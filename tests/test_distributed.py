@@ -27,13 +27,14 @@ from powertrain.run.rundir import RunDir
 from powertrain.errors import RecipeError
 from powertrain.measure import EnergyBackend
 
-DIGITS = ["digits-mlp", "model.dropout=0", "train.max_steps=24", "train.log_every=1", "train.checkpoint_every_steps=8"]
+DIGITS = ["digits-mlp", "model.dropout=0", "train.max_steps=24", "train.log_every=1", "train.checkpoint_every_steps=8",
+          "train.device=cpu"]  # these jobs are CPU/gloo ones on any machine (the GPU tier: tests/test_gpu_tier.py)
 # 1293 train samples, batch 64: an epoch is 21 steps, the last of 13 samples (shares of 7 and 6: unequal)
 GPT = """name: gpt-tiny
 data: {name: text, max_chars: 20000, block_size: 32, val_fraction: 0.1}
 model: {name: gpt, n_layer: 2, n_head: 2, n_embd: 32}
 train: {max_steps: 18, batch_size: 16, eval_batch_size: 64, optimizer: adamw, lr: 3.0e-3, weight_decay: 0.1,
-        grad_clip: 1.0, warmup_steps: 2, log_every: 1, checkpoint_every_steps: 6}
+        grad_clip: 1.0, warmup_steps: 2, log_every: 1, checkpoint_every_steps: 6, device: cpu}
 """  # a constant LR after warmup: a run stopped at step 6 or 12 and resumed with more max_steps trains as one of 18
 FAKE_NODE_J = 100.0  # the fake node counter: 100 J more at every reading
 
@@ -180,8 +181,11 @@ def kill_tree(proc: subprocess.Popen) -> None:
 def env(tmp_path_factory):
     harness = tmp_path_factory.mktemp("harness")
     (harness / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    # CUDA_VISIBLE_DEVICES="": these jobs' workers are CPU ones (gloo); where GPUs are visible, joining the
+    # process group also binds each worker to GPU LOCAL_RANK (distributed.init_process_group), which a machine
+    # with fewer GPUs than workers does not have
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(harness), os.environ.get("PYTHONPATH", "")]),
-            "OMP_NUM_THREADS": "1", "PT_TEST_FAKE_NODE": "1"}
+            "OMP_NUM_THREADS": "1", "PT_TEST_FAKE_NODE": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 @contextlib.contextmanager

@@ -56,7 +56,7 @@ def plain_loop(model, x, y, cfg: TrainConfig, seed: int, make_sched=None):
      lambda o: torch.optim.lr_scheduler.StepLR(o, 7, 0.5)),
 ])
 def test_trainer_equals_plain_loop(tiny_digits, kw, make_sched):
-    cfg = TrainConfig(epochs=2, batch_size=64, **kw)
+    cfg = TrainConfig(epochs=2, batch_size=64, device="cpu", precision="fp32", **kw)  # the plain loop's device and dtype
     x, y = tiny_digits.train.tensors
     ref = make_mlp(tiny_digits.meta)
     ref_losses = plain_loop(ref, x, y, cfg, seed=3, make_sched=make_sched)
@@ -68,16 +68,19 @@ def test_trainer_equals_plain_loop(tiny_digits, kw, make_sched):
 
 
 def test_accumulation_equals_full_batch(tiny_digits):
-    full = Trainer(make_mlp(tiny_digits.meta), tiny_digits, TrainConfig(epochs=1, batch_size=64, optimizer="sgd", lr=0.1),
-                   callbacks=[]).fit()
+    """In fp32 on the CPU: to 1e-5 (bf16 autocast or TF32 on a GPU would round the two differently)."""
+    cpu = dict(device="cpu", precision="fp32")
+    full = Trainer(make_mlp(tiny_digits.meta), tiny_digits,
+                   TrainConfig(epochs=1, batch_size=64, optimizer="sgd", lr=0.1, **cpu), callbacks=[]).fit()
     acc = Trainer(make_mlp(tiny_digits.meta), tiny_digits,
-                  TrainConfig(epochs=1, batch_size=64, accumulate=4, optimizer="sgd", lr=0.1), callbacks=[]).fit()
+                  TrainConfig(epochs=1, batch_size=64, accumulate=4, optimizer="sgd", lr=0.1, **cpu), callbacks=[]).fit()
     for a, b in zip(full.model.parameters(), acc.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_same_seed_same_bits(tmp_path):
-    runs = [powertrain.train("digits-mlp", ["train.epochs=2"], out=tmp_path / f"r{i}", callbacks=[]) for i in range(2)]
+    """The same bits are promised on the CPU (engine.py); CUDA kernels need not be deterministic."""
+    runs = [powertrain.train("digits-mlp", ["train.epochs=2", "train.device=cpu"], out=tmp_path / f"r{i}", callbacks=[]) for i in range(2)]
     w = [load_file(str(r.trainer.last_checkpoint / "model.safetensors")) for r in runs]
     assert w[0].keys() == w[1].keys() and all(torch.equal(w[0][k], w[1][k]) for k in w[0])
     assert runs[0].metrics == runs[1].metrics
@@ -90,7 +93,7 @@ def test_early_stopping_restores_best(tmp_path):
     t = run.trainer
     assert t.stop_reason.startswith("early stop") and t.step < t.total_steps
     best = load_file(str(tmp_path / "es/checkpoints/best.safetensors"))
-    assert all(torch.equal(best[k], v) for k, v in t.model.state_dict().items() if k in best)
+    assert all(torch.equal(best[k], v.cpu()) for k, v in t.model.state_dict().items() if k in best)  # any device
     assert run.metrics["val"]["loss"] == pytest.approx(t.best["value"])
 
 
@@ -119,12 +122,12 @@ def test_compute_loss_override(tiny_digits):
 
     model = make_mlp(tiny_digits.meta)
     before = [p.detach().clone() for p in model.parameters()]
-    ZeroLoss(model, tiny_digits, TrainConfig(epochs=1), callbacks=[]).fit()
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    ZeroLoss(model, tiny_digits, TrainConfig(epochs=1), callbacks=[]).fit()  # on any device: zero gradients move nothing
+    assert all(torch.equal(a, b.detach().cpu()) for a, b in zip(before, model.parameters()))
 
 
 def test_dataloader_path_equals_in_memory():
-    cfg = TrainConfig(epochs=1, batch_size=50)
+    cfg = TrainConfig(epochs=1, batch_size=50, device="cpu")  # bit for bit: the CPU's promise
     results = []
     for in_memory in (True, False):
         bundle = data.build({"name": "digits", "in_memory": in_memory}, seed=0)
@@ -137,14 +140,14 @@ def test_dataloader_path_equals_in_memory():
 def test_precision_auto_is_fp32_on_cpu(tiny_digits):
     from powertrain.measure.hardware import cpu_has_native_bf16
 
-    t = Trainer(make_mlp(tiny_digits.meta), tiny_digits, TrainConfig(max_steps=2), callbacks=[])
+    t = Trainer(make_mlp(tiny_digits.meta), tiny_digits, TrainConfig(max_steps=2, device="cpu"), callbacks=[])
     assert t.precision == "fp32"
+    bf16 = TrainConfig(max_steps=3, precision="bf16", device="cpu")
     if cpu_has_native_bf16():
-        bf = Trainer(make_mlp(tiny_digits.meta), tiny_digits, TrainConfig(max_steps=3, precision="bf16"), callbacks=[])
+        bf = Trainer(make_mlp(tiny_digits.meta), tiny_digits, bf16, callbacks=[])
     else:
         with pytest.warns(UserWarning, match="emulates bf16"):
-            bf = Trainer(make_mlp(tiny_digits.meta), tiny_digits, TrainConfig(max_steps=3, precision="bf16"),
-                         callbacks=[])
+            bf = Trainer(make_mlp(tiny_digits.meta), tiny_digits, bf16, callbacks=[])
     rec = Losses()
     bf.callbacks = [rec]
     bf.fit()

@@ -20,7 +20,8 @@ def test_fused_optimizers_when_asked(name):
 
 def test_cpu_training_stays_unfused(tiny_digits):
     model = models.build({"name": "mlp", "hidden": [8]}, tiny_digits.meta)
-    t = Trainer(model, tiny_digits, TrainConfig(max_steps=1, optimizer="adamw"), callbacks=[], meter=False)
+    t = Trainer(model, tiny_digits, TrainConfig(max_steps=1, optimizer="adamw", device="cpu"), callbacks=[],
+                meter=False)
     assert not t.optimizer.defaults.get("fused") and t.tf32 is False
 
 

@@ -23,7 +23,8 @@ from powertrain.errors import WriteError
 from powertrain.run import checkpoint
 
 RECIPE = "digits-mlp"
-ARGS = ["train.max_steps=18", "train.checkpoint_every_steps=6", "train.eval_every_steps=6", "train.log_every=3"]
+ARGS = ["train.max_steps=18", "train.checkpoint_every_steps=6", "train.eval_every_steps=6", "train.log_every=3",
+        "train.device=cpu"]  # a resumed run equals an uninterrupted one bit for bit: the CPU's promise
 # checkpoints at 6, 12, 18 (model.safetensors ~200 kB, state.pt ~420 kB)
 
 

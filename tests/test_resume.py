@@ -1,5 +1,5 @@
-"""Resume equals an uninterrupted run, bit for bit on CPU: after Ctrl-C, after SIGKILL mid-run, and
-after SIGKILL in the middle of writing a checkpoint."""
+"""Resume equals an uninterrupted run, bit for bit on CPU (pinned: train.device=cpu): after Ctrl-C, after
+SIGKILL mid-run, and after SIGKILL in the middle of writing a checkpoint."""
 import json
 import os
 import signal
@@ -16,7 +16,8 @@ import powertrain
 from powertrain import Callback
 from powertrain.run.rundir import RunDir
 
-ARGS = ["train.epochs=3", "train.checkpoint_every_steps=5", "train.log_every=4"]  # digits-mlp has dropout: RNG matters
+ARGS = ["train.epochs=3", "train.checkpoint_every_steps=5", "train.log_every=4",  # digits-mlp has dropout: RNG matters
+        "train.device=cpu"]  # bit for bit is the CPU's promise (CUDA kernels need not be deterministic)
 
 
 def final_weights(run_dir: Path) -> dict:

@@ -13,7 +13,8 @@ from powertrain import Callback, RunDir
 from powertrain.shrink.export import export
 from powertrain.errors import RecipeError, RunDirError
 
-ARGS = ["train.epochs=2", "train.log_every=4"]  # digits-mlp: 21 steps an epoch, checkpoints at 21 and 42
+CPU = "train.device=cpu"  # the resumed runs below equal their references bit for bit: the CPU's promise
+ARGS = ["train.epochs=2", "train.log_every=4", CPU]  # digits-mlp: 21 steps an epoch, checkpoints at 21 and 42
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def metrics_lines(path):
 
 
 ES = ["train.epochs=12", "train.log_every=5", "train.checkpoint_every_steps=21", "train.early_stop.metric=accuracy",
-      "train.early_stop.patience=1", "train.lr=0.02", "run.seed=3"]
+      "train.early_stop.patience=1", "train.lr=0.02", "run.seed=3", CPU]
 
 
 def test_early_stopping_survives_a_crash_after_a_checkpoint_on_an_epoch_end(tmp_path):
