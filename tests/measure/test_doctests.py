@@ -8,7 +8,7 @@ MODULES = ["powertrain.measure", "powertrain.measure.flops", "powertrain.measure
            "powertrain.measure.carbon", "powertrain.measure.memory", "powertrain.measure.meter",
            "powertrain.measure.energy", "powertrain.measure.energy.base", "powertrain.measure.energy.rapl",
            "powertrain.measure.energy.nvml", "powertrain.measure.energy.estimate",
-           "powertrain.measure.energy.idle"]
+           "powertrain.measure.energy.idle", "powertrain.measure.bill"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -183,6 +183,80 @@ def _si(x: Optional[float], unit: str = "") -> str:
     return f"{x:.3g} {unit}".rstrip()
 
 
+COUNTER_NAMES = {"nvml": "NVML", "nvml-power-sampled": "NVML power samples", "rapl": "RAPL"}
+PART_NAMES = {"cpu": "CPU", "dram": "DRAM", "gpu": "GPU"}
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def energy_share(energy: dict) -> Optional[dict]:
+    """What of a bill's energy was measured: {"total_j", "measured_j", "share" (measured_j / total_j, None
+    without joules to divide), "counters" (e.g. ["NVML"]), "estimated" (e.g. ["CPU", "DRAM"])}, from each
+    component's method ('measured:<counter>' or 'estimated:<model>'); None without energy. A bill without
+    components (written by hand, or old) is read from its one method label.
+
+    >>> s = energy_share({"total_j": 100.0, "components": {"gpu:0": {"energy_j": 99.0, "method": "measured:nvml"},
+    ...     "cpu": {"energy_j": 0.6, "method": "estimated:cpu-tdp-per-core"},
+    ...     "dram": {"energy_j": 0.4, "method": "estimated:dram-w-per-gb"}}})
+    >>> s["share"], s["counters"], s["estimated"]
+    (0.99, ['NVML'], ['CPU', 'DRAM'])
+    """
+    if not energy or energy.get("total_j") is None:
+        return None
+    comps = energy.get("components") or {}
+    if not comps:  # one label for the whole: a share only where it is all one or the other
+        parts = [m.strip() for m in str(energy.get("method") or "").removeprefix("mixed:").split("+") if m.strip()]
+        measured = [m for m in parts if m.startswith("measured")]
+        share = (1.0 if parts and len(measured) == len(parts) else 0.0 if not measured else None)
+        counters = sorted({COUNTER_NAMES.get(m.partition(":")[2], m.partition(":")[2] or m) for m in measured})
+        return {"total_j": energy["total_j"], "measured_j": None if share is None else share * energy["total_j"],
+                "share": share, "counters": counters, "estimated": ["the rest"] if len(measured) < len(parts) else []}
+    measured_j = total_j = 0.0
+    counters, estimated = [], []
+    for name, c in comps.items():
+        j, method = float(c.get("energy_j") or 0.0), str(c.get("method") or "")
+        total_j += j
+        if method.startswith("measured"):
+            measured_j += j
+            counter = COUNTER_NAMES.get(method.partition(":")[2], method.partition(":")[2] or method)
+            counters += [counter] if counter not in counters else []
+        else:
+            part = PART_NAMES.get(name.partition(":")[0], name)
+            estimated += [part] if part not in estimated else []
+    return {"total_j": total_j, "measured_j": measured_j, "share": measured_j / total_j if total_j > 0 else None,
+            "counters": counters, "estimated": estimated}
+
+
+def _percent(share: float) -> str:
+    p = f"{100 * share:.0f}"
+    return "<1%" if p == "0" and share > 0 else ">99%" if p == "100" and share < 1 else f"{p}%"
+
+
+def energy_summary(energy: dict, short: bool = False) -> str:
+    """How a bill's energy was obtained, in words: 'ESTIMATED: no counter readable here; see notes' (no
+    measured part; `short`: 'ESTIMATED'), '99% measured (NVML); CPU and DRAM estimated' (the share of
+    joules), 'measured (RAPL)'. The one wording of the CLI's bill, compare and the HTML report."""
+    s = energy_share(energy)
+    if s is None:
+        return "not measured"
+    if not s["counters"]:
+        return "ESTIMATED" if short else "ESTIMATED: no counter readable here; see notes"
+    counters = " + ".join(s["counters"])
+    if not s["estimated"]:
+        return f"measured ({counters})"
+    share = _percent(s["share"]) + " measured" if s["share"] is not None else "partly measured"
+    return f"{share} ({counters}); {_and(s['estimated'])} estimated"
+
+
+def energy_headline(energy: dict) -> str:
+    """The bill's first line after 'bill': 'energy 2.35 kJ, 99% measured (NVML); CPU and DRAM estimated'."""
+    if not energy or energy.get("total_j") is None:
+        return "energy not measured"
+    return f"energy {_si(energy['total_j'], 'J')}, {energy_summary(energy)}"
+
+
 def format_bill(bill: dict) -> str:
     """The bill as a plain-text table (also what `powertrain bill RUN` prints)."""
     t, e, m = bill["time_s"], bill["energy"], bill["mfu"]
@@ -220,9 +294,8 @@ def format_bill(bill: dict) -> str:
         f = bill["floor"]
         eff = f" (this run: {f['efficiency']:.2%} of that efficiency)" if f.get("efficiency") else ""
         rows.append(("physical floor", f"{_si(f['energy_j'], 'J')} at peak FLOP/J{eff}"))
-    estimated = e["method"] and "estimated" in e["method"]
     width = max(len(k) for k, _ in rows)
-    lines = ["bill" + ("  (energy ESTIMATED: no counter readable here; see notes)" if estimated else "")]
+    lines = [f"bill  ({energy_headline(e)})"]
     lines += [f"  {k:<{width}}  {v}" for k, v in rows]
     for note in e.get("notes", []):
         lines.append(f"  note: {note}")

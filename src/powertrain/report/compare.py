@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import RunDirError
+from ..measure.bill import energy_summary
 from ..run.rundir import RunDir
 
 
@@ -126,6 +127,7 @@ def load_row(run_dir: str | Path, metric: str = "accuracy", split: str = "test")
         "run": path.name, "dir": str(path), "data": _data_key(recipe.data.model_dump()),
         "metric": value, "params": bill.get("params"), **costs,
         "energy_method": bill.get("energy", {}).get("method"),
+        "energy_summary": energy_summary(bill.get("energy") or {}, short=True),  # '99% measured (NVML); CPU estimated'
         "size_bytes": _weights_bytes(path, derived),
         "parent": derived.get("parent") if derived else None,
         "method": _method_label(derived) if derived else None,
@@ -169,7 +171,7 @@ def table(rows: list[dict], metric: str) -> str:
         mark += "F" if r.get("pareto_train_flops") else " "
         lines.append(f"{r.get('n', i + 1):>2} {r['run'][:34]:<34} {r['metric']:>9.4f} {_fmt(r['params'], ','):>10} {_fmt(r['train_flops'], '.3g'):>12} "
                      f"{_fmt(r['time_s'], '.3g'):>8} {_fmt(r['energy_j'], '.4g'):>10} {_fmt(r['co2e_g'], '.3g'):>8}  {mark:<6}  "
-                     f"{r['energy_method'] or '-'}")
+                     f"{r.get('energy_summary') or r['energy_method'] or '-'}")
     lines.append("pareto: E = on the metric-vs-energy front, F = on the metric-vs-FLOPs front; # = the run's number on the plot")
     children = [r for r in rows if r.get("parent")]
     if children:

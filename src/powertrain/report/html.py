@@ -27,7 +27,7 @@ from typing import Optional
 from ..settings import VERSION as __version__
 from ..run.atomic import atomic_write
 from ..errors import RunDirError
-from ..measure.bill import _si
+from ..measure.bill import _si, energy_summary
 from .figures import confusion_figure, curves_figure, energy_figure, per_class, phase_figure
 from .markup import _img, esc, num, section, table
 from .sweep_page import sweep_html, sweep_runs
@@ -99,7 +99,8 @@ def bill_html(v: View) -> str:
         ["MFU", (f"{mfu['value']:.2%} of {num(peak.get('flops_per_s'), 'FLOP/s')} ({esc(peak.get('source', ''))})"
                  if mfu.get("value") is not None else esc(mfu.get("note") or "-"))],
         ["peak memory", f"{num((b.get('peak_memory') or {}).get('peak_bytes'), 'B')} ({esc((b.get('peak_memory') or {}).get('method', ''))})"],
-        ["energy", f"{num(e.get('total_j'), ' J')} <span class='method'>[{esc(e.get('method', '?'))}]</span>"],
+        ["energy", f"{num(e.get('total_j'), ' J')}, {esc(energy_summary(e))} "
+                   f"<span class='method'>[{esc(e.get('method', '?'))}]</span>"],
         ["J / training sample", num(b.get("j_per_train_sample"), " J")],
         ["J / inference sample", num(b.get("j_per_inference_sample"), " J")],
         ["CO2e", f"{num(b.get('co2e_g'), ' g')} ({esc(((e.get('carbon') or {}).get('intensity') or {}).get('region', ''))})"],
@@ -230,7 +231,7 @@ def compare_html(views: list[View], metric: str, split: str) -> tuple[str, list]
         front = "".join(m for k, m in (("energy_j", "E"), ("train_flops", "F"), ("time_s", "T")) if r.get(f"pareto_{k}"))
         name = esc(r["run"]) + (f" <small>({esc(r['method'])} of {esc(Path(r['parent']).name)})</small>" if r.get("method") else "")
         body.append([esc(r["n"]), name, num(r["metric"]), num(r["params"]), num(r["train_flops"], "FLOP"), num(r["time_s"], " s"),
-                     num(r["energy_j"], " J"), num(r["co2e_g"], " g"), front or "", f"<span class='method'>{esc(r['energy_method'])}</span>"])
+                     num(r["energy_j"], " J"), num(r["co2e_g"], " g"), front or "", f"{esc(r.get('energy_summary') or '')} <span class='method'>{esc(r['energy_method'])}</span>"])
     text = table(head, body)
     text += ("<p class='note'>Pareto: E, F, T = on the front of the metric against energy, FLOPs, time (one front per "
              f"dataset; {'lower' if metric in LOWER_IS_BETTER else 'higher'} {esc(metric)} is better). A derived run's "
