@@ -1,11 +1,14 @@
-"""One prepared check for a machine with one NVIDIA GPU (at most ~8 minutes), in three parts:
+"""One prepared check for a machine with one NVIDIA GPU (at most ~8 minutes), in these parts:
 
 1. GPT throughput: gpt-stdlib's model scaled to fill a GPU (12 layers, width 768, block 1024) in bf16 on
    random tokens: tokens/s and MFU (6N + attention FLOPs per token over the GPU's dense bf16 peak) of
    powertrain's Trainer and of a plain PyTorch loop of the same model, same batches, in this run; ratio.
 2. Energy: the Meter's NVML energy for a window against a direct read of
    nvmlDeviceGetTotalEnergyConsumption around the same window; difference in %.
-3. fashion-resnet (Fashion-MNIST IDX files from --fashion DIR): test accuracy and seconds to reach it.
+3. The GPU tier's checks as rows (tests/test_gpu_tier.py asserts them): the first loss in fp32 and under
+   bf16 autocast; AdamW fused and TF32 on; frames torch.compile compiled after the first step and in a
+   repeated evaluation; a run cut at step 12 and resumed against the uninterrupted one. Seconds each.
+4. fashion-resnet (Fashion-MNIST IDX files from --fashion DIR): test accuracy and seconds to reach it.
 
     python bench/gpu.py                      # on the GPU machine: writes its table into docs/benchmarks.md
     python bench/gpu.py --dry-run            # the same code on CPU with tiny sizes (tests/test_bench_gpu.py)
@@ -155,6 +158,108 @@ def energy_row(device: torch.device, seconds: float, nvml=None, work=None) -> st
             f"{ours:,.1f} J ({w.energy_method}) | {diff} |")
 
 
+def digits_mlp(seed: int = 0):
+    data = powertrain.data.build({"name": "digits"}, seed=0)
+    torch.manual_seed(seed)
+    return models.build({"name": "mlp", "hidden": [64], "dropout": 0.0}, data.meta), data
+
+
+class FirstLoss(Callback):
+    def __init__(self):
+        self.loss = None
+
+    def on_step_end(self, trainer, loss):
+        self.loss = float(loss) if self.loss is None else self.loss
+
+
+def bf16_row(device: torch.device) -> str:
+    """The same weights' first loss in fp32 and under bf16 autocast (tests/test_gpu_tier.py holds it to 2%)."""
+    first = {}
+    for precision in ("fp32", "bf16"):
+        model, data = digits_mlp()
+        rec = FirstLoss()
+        Trainer(model, data, TrainConfig(max_steps=5, device=str(device), precision=precision), callbacks=[rec],
+                meter=False).fit()
+        first[precision] = rec.loss
+    diff = (first["bf16"] - first["fp32"]) / first["fp32"]
+    return f"| first loss, fp32 vs bf16 autocast (digits MLP) | {first['fp32']:.5f} | {first['bf16']:.5f} | {diff:+.3%} |"
+
+
+def fused_row(device: torch.device) -> str:
+    """The engine's rule: fused optimizers on CUDA (not under FSDP); TF32 for fp32 on Ampere and newer."""
+    model, data = digits_mlp()
+    t = Trainer(model, data, TrainConfig(max_steps=1, optimizer="adamw", device=str(device), precision="fp32"),
+                callbacks=[], meter=False)
+    fused = bool(t.optimizer.defaults.get("fused"))
+    expected = device.type == "cuda"
+    return (f"| AdamW fused, TF32 for fp32 | fused expected: {expected} | fused: {fused}, TF32: {t.tf32} | "
+            f"{'as expected' if fused == expected else 'NOT as expected'} |")
+
+
+def compile_row(device: torch.device, backend: str | None = None) -> str:
+    """train.compile=true: frames dynamo compiled in the first step, in steps 2..6, and in a repeated
+    evaluation (the first evaluation may compile the eval-mode graph). `backend`: 'eager' for the dry run
+    (dynamo's capture without inductor's code generation)."""
+    from torch._dynamo.utils import counters
+
+    model, data = digits_mlp()
+    frames = {}
+
+    class Frames(Callback):
+        def on_step_end(self, trainer, loss):
+            frames[trainer.step] = counters["frames"]["ok"]
+
+    real = torch.compile
+    if backend:
+        torch.compile = lambda m, **kw: real(m, backend=backend, **kw)
+    try:
+        torch._dynamo.reset()
+        base = counters["frames"]["ok"]
+        t = Trainer(model, data, TrainConfig(max_steps=6, device=str(device), compile=True, eval_every_steps=100),
+                    callbacks=[Frames()]).fit()
+        t.evaluate("val")
+        before = counters["frames"]["ok"]
+        t.evaluate("val")
+        again = counters["frames"]["ok"] - before
+    finally:
+        torch.compile = real
+    first, later = frames[1] - base, frames[6] - frames[1]
+    ok = first >= 1 and later == 0 and again == 0
+    return (f"| torch.compile{f' ({backend} backend)' if backend else ''}: frames compiled in step 1 / steps 2-6 / "
+            f"a repeated eval | - | {first} / {later} / {again} (step 1: {t.bill()['time_s']['compile']:.1f} s) | "
+            f"{'no recompilation' if ok else 'RECOMPILED'} |")
+
+
+def resume_row(device: torch.device) -> str:
+    """digits-mlp in fp32 cut at step 12 (checkpoints every 5) and resumed, against the uninterrupted run."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from powertrain.run.rundir import RunDir
+
+    class InterruptAt(Callback):
+        def on_step_end(self, trainer, loss):
+            if trainer.step == 12:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    args = ["train.max_steps=30", "train.checkpoint_every_steps=5", "train.log_every=5", f"train.device={device}",
+            "train.precision=fp32"]
+    with tempfile.TemporaryDirectory() as tmp:
+        powertrain.train("digits-mlp", args, out=Path(tmp) / "whole", callbacks=[])
+        try:
+            powertrain.train("digits-mlp", args, out=Path(tmp) / "cut", callbacks=[InterruptAt()])
+        except powertrain.Interrupted:
+            pass
+        powertrain.resume(Path(tmp) / "cut", callbacks=[])
+        wa, wb = (load_file(str(RunDir(Path(tmp) / n).list_checkpoints()[-1] / "model.safetensors"))
+                  for n in ("whole", "cut"))
+    diff = max((wa[k].double() - wb[k].double()).abs().max().item() for k in wa)
+    return (f"| cut at step 12, resumed, vs uninterrupted (digits-mlp, fp32) | - | max weight difference {diff:.3g} | "
+            f"{'bit-equal' if diff == 0 else 'differs'} |")
+
+
 def resnet_row(device: torch.device, fashion: str | None, dry: bool) -> str:
     if dry:  # the code path on tiny random images: no Fashion-MNIST needed
         x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
@@ -189,6 +294,10 @@ def main() -> int:
     rows = ["| check | plain PyTorch / reference | powertrain | ratio / difference |", "|---|---|---|---|"]
     rows += gpt_rows(sizes, device, precision)
     rows.append(energy_row(device, args.energy_s))
+    rows.append(bf16_row(device))
+    rows.append(fused_row(device))
+    rows.append(compile_row(device, backend="eager" if args.dry_run else None))
+    rows.append(resume_row(device))
     rows.append(resnet_row(device, args.fashion, args.dry_run))
     table = "\n".join(rows)
     print(table)

@@ -1,9 +1,11 @@
 """bench/gpu.py: its dry run (tiny sizes, CPU) runs the code a GPU machine runs, and its energy check
 compares the Meter's NVML window with a raw counter read (here a fake NVML whose counter the load moves)."""
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -13,9 +15,18 @@ def test_dry_run_prints_every_row():
     p = subprocess.run([sys.executable, "gpu.py", "--dry-run"], cwd=BENCH, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [line for line in p.stdout.splitlines() if line.startswith("| ")]
-    assert len(rows) == 4 and "GPT tokens/s" in rows[1] and "NVML energy" in rows[2] and "fashion-resnet" in rows[3]
-    ratio = float(rows[1].rsplit("|", 2)[-2])
-    assert 0.3 < ratio < 3  # both loops really ran the same model (a tiny one: noisy, not a bar)
+    names = ["check", "GPT tokens/s", "NVML energy", "first loss, fp32 vs bf16", "AdamW fused", "torch.compile",
+             "resumed, vs uninterrupted", "fashion-resnet"]
+    assert len(rows) == len(names) and all(n in r for n, r in zip(names, rows)), rows
+    cells = [c.strip() for c in rows[1].split("|")[1:-1]]
+    plain, ours, ratio = (float(c.split()[0].replace(",", "")) for c in cells[1:])
+    assert plain > 0 and ours > 0 and ratio == pytest.approx(ours / plain, rel=0.01, abs=0.001)  # timing: no bar here
+    assert "no GPU: not measured" in rows[2]
+    fp32, bf16 = (float(c) for c in rows[3].split("|")[2:4])
+    assert math.isfinite(fp32) and math.isfinite(bf16) and fp32 > 0 and bf16 > 0
+    assert "fused expected: False" in rows[4] and "fused: False" in rows[4] and "as expected" in rows[4]
+    assert "no recompilation" in rows[5]  # frames compiled after step 1 and in a repeated eval: 0
+    assert rows[6].endswith("| bit-equal |")  # on the CPU a resumed run is the uninterrupted one, bit for bit
 
 
 def test_energy_row_matches_a_raw_counter(monkeypatch):
