@@ -23,6 +23,10 @@ for _var, _sub in SUITE_FOLDERS.items():
 for _var in USER_SETTINGS:
     os.environ.pop(_var, None)
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / "build" / "inductor"))
+# one CPU thread count for the whole suite, children included: `train.threads: auto` would measure the free
+# CPUs in each process, and another count gives other bits (tests/test_threads.py tests auto without this)
+os.environ["OMP_NUM_THREADS"] = str(min(2, os.cpu_count() or 1))
+os.environ.pop("OMP_WAIT_POLICY", None)
 
 import torch  # noqa: E402  (after the environment: torch and powertrain read it when they load)
 

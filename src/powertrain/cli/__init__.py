@@ -7,8 +7,10 @@ import argparse
 import errno
 import os
 import sys
+from pathlib import Path
 
 from ..errors import PowertrainError
+from ..settings import recorded_threads
 from . import infer, runs, shrink, study, train, trust
 
 GROUPS = (train, infer, runs, trust, shrink, study)  # the order of `powertrain --help`
@@ -101,7 +103,38 @@ def _quiet_stdout() -> None:
         pass
 
 
+TRAINING = ("train", "resume", "distill", "sweep", "scale")  # commands that choose CPU threads before torch loads
+
+
+def threads_before_torch(argv: list[str]) -> None:
+    """A training command chooses its CPU threads before torch loads: OpenMP reads OMP_NUM_THREADS and
+    OMP_WAIT_POLICY once, when torch starts its pool (settings.choose_threads)."""
+    from ..settings import choose_threads, export_threads
+
+    if "torch" in sys.modules or not argv or argv[0] not in TRAINING or {"-h", "--help"} & set(argv):
+        return
+    asked = [a.split("=", 1)[1] for a in argv if a.startswith("train.threads=")]
+    requested = int(asked[-1]) if asked and asked[-1].isdigit() and int(asked[-1]) >= 1 else "auto"  # else refused later
+    keep = None
+    if argv[0] == "resume":  # the run's own count: another gives other bits than an uninterrupted run
+        keep = next((n for n in map(run_threads, argv[1:]) if n), None)
+    export_threads(choose_threads(requested, keep=keep))  # the Trainer records it; its progress prints it
+
+
+def run_threads(arg: str) -> int | None:
+    """The CPU threads the run directory `arg` records, or None (not a run directory)."""
+    import json
+
+    try:
+        env = json.loads((Path(arg) / "env.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return recorded_threads(env) if isinstance(env, dict) else None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    threads_before_torch(argv)
     args = parser().parse_args(argv)
     try:
         code = args.func(args)

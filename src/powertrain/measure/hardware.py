@@ -1,4 +1,4 @@
-"""The device a run trains on, and the precision it can afford there."""
+"""The device a run trains on, the precision it can afford there, and its CPU threads."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ from functools import lru_cache
 import torch
 
 from ..errors import RecipeError
-from ..settings import VERSION
+from ..settings import VERSION, chosen_threads, choose_threads
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -84,8 +84,29 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
-def environment(device: torch.device) -> dict:
-    """What env.json records: versions, device and threads."""
+def use_threads(requested: int | str = "auto", keep: int | None = None) -> dict:
+    """Apply this process's CPU thread choice to torch and return what env.json and the bill record.
+
+    The choice is made once per process (the command makes it before torch loads, so OpenMP's wait policy
+    applies too; else the first Trainer does); an explicit count, or a resumed run's own count (`keep`),
+    that differs from it is applied instead. Same thread count, same bits: the count is part of a CPU run's
+    reproducibility."""
+    choice = chosen_threads()
+    now = lambda c: c.threads or torch.get_num_threads()  # noqa: E731  (None: torch's default)
+    if choice is None or (requested != "auto" and now(choice) != requested) or (keep and now(choice) != keep):
+        choice = choose_threads(requested, keep=keep)
+    if choice.threads is not None and choice.threads != torch.get_num_threads():
+        torch.set_num_threads(choice.threads)
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    record = {"threads": torch.get_num_threads(), "wait_policy": policy or "OpenMP's default", "reason": choice.reason}
+    if choice.wait_policy and policy != choice.wait_policy:
+        record["note"] = (f"OMP_WAIT_POLICY={choice.wait_policy} would suit this machine, but torch loaded before it "
+                          f"could be set (the powertrain command sets it first; or export it before starting Python)")
+    return record
+
+
+def environment(device: torch.device, threads: dict | None = None) -> dict:
+    """What env.json records: versions, device and threads (`use_threads`'s record)."""
     return {
         "powertrain": VERSION,
         "torch": torch.__version__,
@@ -95,6 +116,7 @@ def environment(device: torch.device) -> dict:
         "device_name": device_name(device),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        **({"threads": threads} if threads else {}),
         "cuda": torch.version.cuda,
         "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
     }

@@ -95,6 +95,7 @@ class TrainConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    threads: Any = "auto"  # CPU threads: a whole number >= 1, or auto: the CPUs free at the start (settings.py)
     strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"  # auto: ddp when torchrun starts > 1 process
     activation_checkpointing: bool = False  # recompute each transformer block's activations in backward
     eval_every_epochs: int = Field(1, ge=1)
@@ -107,6 +108,13 @@ class TrainConfig(Strict):
     privacy: Optional[PrivacyConfig] = None  # differentially private training, DP-SGD (train/privacy.py)
     freeze: list[str] = []  # glob patterns over parameter names (e.g. "0.*"): those get no updates
     backbone_lr_mult: Optional[float] = Field(None, gt=0)  # LR multiplier of the parameters loaded by model.init_from
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, v):
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096):
+            return v
+        raise ValueError("expected auto or a whole number of CPU threads >= 1 (e.g. train.threads=auto)")
 
 
 class RunConfig(Strict):

@@ -36,6 +36,9 @@ class Progress(Callback):
 
     def on_fit_start(self, trainer) -> None:
         self.start_step, self.t0 = trainer.step, time.perf_counter()
+        t = getattr(trainer, "threads", None)
+        if t and trainer.device.type == "cpu":  # how many CPU threads, and why (measure/hardware.use_threads)
+            print(f"threads: {t['threads']}, wait policy {t['wait_policy']} ({t['reason']})", file=self.stream, flush=True)
         if self.stream.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
 

@@ -34,7 +34,7 @@ from ..data import DataBundle
 from ..data.augment import augment_batch
 from ..errors import NonFiniteLoss, RecipeError
 from .precision import AutoPrecision
-from ..measure.hardware import resolve_device, use_tf32
+from ..measure.hardware import resolve_device, use_tf32, use_threads
 from ..measure import Meter
 from ..models.check import check_fit
 from .optim import build_optimizer, build_scheduler, freeze, param_groups
@@ -58,6 +58,7 @@ class Trainer(Outcome, TrainState, AutoPrecision):
         self.strategy = strategies.make(cfg.strategy)
         self.dist = self.strategy.dist
         self.device = resolve_device(cfg.device)
+        self.threads = use_threads(cfg.threads)  # once per process: the command chose before torch loaded
         self._init_precision(cfg.precision)  # 'auto' on a CPU: a probe at the start of fit (precision.py)
         self.tf32 = use_tf32(self.device, self.precision)
         self.data = DataBundle.coerce(data).to(self.device)  # DataLoaders, Datasets, arrays too (data/sources.py)

@@ -21,7 +21,8 @@ from .. import data, models
 from ..errors import RecipeError, RunDirError
 from ..measure import Meter
 from ..measure.bill import carbon_model
-from ..measure.hardware import environment, resolve_device
+from ..measure.hardware import environment, resolve_device, use_threads
+from ..settings import recorded_threads
 from ..recipe import Recipe, load_recipe, parse_recipe
 from ..run.rundir import RunDir
 from . import distributed, figures
@@ -136,7 +137,8 @@ def _fit(trainer: Trainer, recipe: Recipe, run: RunDir) -> Run:
 
 def _environment(recipe: Recipe) -> dict:
     d = distributed.setup(recipe.train.strategy)
-    return {**environment(resolve_device(recipe.train.device)), "strategy": d.strategy, "world_size": d.world_size}
+    threads = use_threads(recipe.train.threads)
+    return {**environment(resolve_device(recipe.train.device), threads), "strategy": d.strategy, "world_size": d.world_size}
 
 
 def train(recipe: str | Path | dict | Recipe = "mnist1d-cnn", overrides: Optional[list[str]] = None,
@@ -176,7 +178,7 @@ def train(recipe: str | Path | dict | Recipe = "mnist1d-cnn", overrides: Optiona
 # computes); train.lr is applied to the restored optimizer
 RESUMABLE = ("train.epochs", "train.max_steps", "train.eval_every_steps", "train.eval_every_epochs",
              "train.checkpoint_every_steps", "train.keep_checkpoints", "train.early_stop", "train.log_every",
-             "train.lr", "train.strategy", "train.activation_checkpointing", "train.compile", "train.device",
+             "train.lr", "train.threads", "train.strategy", "train.activation_checkpointing", "train.compile", "train.device",
              "train.eval_batch_size", "run.region", "run.pue", "run.price_per_kwh", "run.idle_baseline_s")
 
 
@@ -228,6 +230,7 @@ def resume(run_dir: str | Path, overrides: Optional[list[str]] = None, callbacks
 
 def _resume(run: RunDir, old: Recipe, recipe: Recipe, changed: list[str], callbacks) -> Run:
     d = distributed.setup(recipe.train.strategy)
+    use_threads(recipe.train.threads, keep=recorded_threads(run.read("env", False) or {}))  # same count, same bits
     trainer = build_trainer(recipe, run, callbacks)
     trainer.resume()
     if d.is_main:

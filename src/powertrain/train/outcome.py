@@ -147,6 +147,7 @@ class Outcome:
         if not self.dist.is_main:
             return {"rank": self.dist.rank, "note": "the job's bill is rank 0's"}
         bill = make_bill(totals, record, self.meter)
+        bill["device"]["threads"] = self.threads  # how many CPU threads, and why (measure/hardware.use_threads)
         if getattr(self, "precision_note", None):  # how 'auto' chose the precision (precision.py)
             bill["device"]["precision_auto"] = self.precision_note
         return bill

@@ -31,7 +31,7 @@ class TrainState:
             from ..run.atomic import write_json
             from ..measure.hardware import environment
 
-            write_json(self.run.env_file, environment(self.device))
+            write_json(self.run.env_file, environment(self.device, self.threads))
         return self.run.metrics_log()
 
     def state_dict(self) -> dict:
