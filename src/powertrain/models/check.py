@@ -87,6 +87,7 @@ def dry_run(model: nn.Module, sample: torch.Tensor):
 
 
 TRAIN_BYTES_PER_PARAM = 16  # fp32 weights, their gradients and Adam's two moments
+SMALL_PARAMS = 4_000_000  # up to this many parameters the memory check runs the real model on one sample
 
 
 def available_memory() -> int | None:
@@ -148,7 +149,12 @@ def check_memory(build, meta, batch_size: int | None, what: str, device=None, av
         raise ModelError(f"{what}: its {params:,} fp32 parameters alone need {_gb(4 * params)}, but this machine has "
                          f"{_gb(ram)} available; make the model smaller (its widths, layers)")
     batch = max(int(batch_size or 2), 1)
-    act = _activation_bytes(model, meta, batch)
+    if params <= SMALL_PARAMS:  # built for real and run on one sample (outputs grow with the batch): a first forward
+        with torch.random.fork_rng(devices=[]):  # on the meta device loads ~1 s of torch's symbolic shapes
+            one = _activation_bytes(build(), meta, 1, "cpu")  # the RNG put back: the real build gives the same bits
+        act = None if one is None else one * batch
+    else:
+        act = _activation_bytes(model, meta, batch, "meta")
     free, where = (available, "this machine has") if available is not None else device_memory(device)
     need = TRAIN_BYTES_PER_PARAM * params + (act or 0)
     if free is None or need <= free:
@@ -159,9 +165,9 @@ def check_memory(build, meta, batch_size: int | None, what: str, device=None, av
                      f"available; make the model smaller (its widths, layers) or the batch (train.batch_size)")
 
 
-def _activation_bytes(model: nn.Module, meta, batch: int) -> int | None:
-    """Bytes of every leaf module's output for one batch, from a forward on the meta device; None if the
-    model cannot run there."""
+def _activation_bytes(model: nn.Module, meta, batch: int, device: str) -> int | None:
+    """Bytes of every leaf module's output for one batch, from a forward on `device` (meta: nothing is
+    allocated); None if the model cannot run there."""
     total = [0]
 
     def count(module, args, out):
@@ -172,7 +178,7 @@ def _activation_bytes(model: nn.Module, meta, batch: int) -> int | None:
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     hooks = [m.register_forward_hook(count) for m in leaves]
     try:
-        with torch.device("meta"), torch.no_grad():
+        with torch.device(device), torch.no_grad():
             model.eval()
             model(torch.zeros(batch, *meta.input_shape, dtype=meta.input_dtype))
     except Exception:  # noqa: BLE001

@@ -5,6 +5,7 @@ Keras CIFAR-10 CNN is `conv: [32, 64, 64], pool: [2, 2, 0], dense: [64], padding
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -38,6 +39,20 @@ class CNNOptions(Options):
         return self
 
 
+def flat_size(shape, conv: list[int], pool: list[int], kernel: int, stride: int, pad: int) -> int:
+    """Values per sample after the conv/pool stages, by the layers' size formulas (no forward pass: one on
+    the meta device would load torch's symbolic-shape machinery, about a second); < 1 if a stage empties it.
+
+    >>> flat_size((1, 40), [8, 16], [2, 2], 3, 1, 1), flat_size((3, 32, 32), [32, 64, 64], [2, 2, 0], 3, 1, 0)
+    (160, 1024)
+    """
+    dims = list(shape[1:])
+    for p in pool:
+        dims = [(d + 2 * pad - kernel) // stride + 1 for d in dims]
+        dims = [d // p if p > 1 else d for d in dims]  # MaxPool(p): kernel p, stride p, floor
+    return conv[-1] * math.prod(dims) if min(dims) >= 1 else 0
+
+
 @MODELS.register("cnn", CNNOptions)
 def build_cnn(opts: CNNOptions, meta: DataMeta) -> nn.Module:
     """Conv/pool stages then dense layers, 1-D or 2-D by the input's rank."""
@@ -56,8 +71,9 @@ def build_cnn(opts: CNNOptions, meta: DataMeta) -> nn.Module:
         if p > 1:
             layers.append(Pool(p))
         c_in = c_out
-    features = nn.Sequential(*layers)
-    n_flat = dry_run(features, torch.zeros(2, *meta.input_shape))[0].numel()
+    n_flat = flat_size(meta.input_shape, opts.conv, opts.pool, opts.kernel, opts.stride, pad)
+    if n_flat < 1:  # a stage shrinks the input to nothing: the dry run names the layer and its shapes
+        dry_run(nn.Sequential(*layers), torch.zeros(2, *meta.input_shape))
     head = mlp_layers([n_flat, *opts.dense], opts.activation, 0.0)
     if opts.dropout:  # dropout before every Linear of the head
         head = [m for layer in head for m in ([nn.Dropout(opts.dropout), layer] if isinstance(layer, nn.Linear) else [layer])]

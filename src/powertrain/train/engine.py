@@ -117,11 +117,12 @@ class Trainer(Outcome, TrainState, AutoPrecision):
 
     def _check_fit(self) -> None:
         """Data and model errors fail here, naming sizes and layers, not deep inside a step."""
+        from .metrics import TaskMetrics, metric_names
+
         check_fit(self.model, self.data)
+        TaskMetrics(self.task, self.num_classes)  # loads torchmetrics (1-3 s) now, not in fit: fit is billed
         es = self.cfg.early_stop
         if es is not None:
-            from .metrics import metric_names
-
             names = metric_names(self.task)
             if es.metric not in names:
                 raise RecipeError(f"train.early_stop.metric: '{es.metric}' is not a validation metric of task "
