@@ -274,7 +274,7 @@ def bench(steps: int, repeats: int, recipe_name: str = "mnist1d-cnn") -> list[di
     ref = results["plain PyTorch"][1].state_dict()
     rows = []
     for name in peers:
-        secs, model = results[name][0], results[name][1]
+        model = results[name][1]
         keras_ = name.startswith("Keras")
         done = results[name][2] if keras_ else steps
         same = "n/a (own init)" if keras_ else str(all(torch.equal(ref[k], v) for k, v in model.state_dict().items()))

@@ -25,7 +25,7 @@ def test_dry_run_prints_every_row():
     fp32, bf16 = (float(c) for c in rows[3].split("|")[2:4])
     assert math.isfinite(fp32) and math.isfinite(bf16) and fp32 > 0 and bf16 > 0
     assert "fused expected: False" in rows[4] and "fused: False" in rows[4] and "as expected" in rows[4]
-    assert "no recompilation" in rows[5]  # frames compiled after step 1 and in a repeated eval: 0
+    assert "no recompilation" in rows[5]  # frames compiled after step 1 and in evaluation (eager): 0
     assert rows[6].endswith("| bit-equal |")  # on the CPU a resumed run is the uninterrupted one, bit for bit
 
 

@@ -73,3 +73,22 @@ def test_a_nan_loss_still_names_its_step(tmp_path):
         powertrain.train("digits-mlp", ["train.log_every=20", "train.checkpoint_every_steps=5"],
                          out=tmp_path / "run", callbacks=[Poison()])
     assert powertrain.RunDir(tmp_path / "run").list_checkpoints()[-1].name == "step-00000010"
+
+
+def test_evaluation_reads_the_device_a_fixed_number_of_times_not_once_per_batch(sync_calls):
+    """Evaluating val (144 samples) in batches of 4 reads tensors exactly as often as in one batch of 1024:
+    the losses stay on the device until the end (a read per batch would stall a GPU 36 times)."""
+    calls, state = sync_calls
+    r = powertrain.load_recipe("digits-mlp", ["train.max_steps=2", "train.device=cpu"])
+    trainer = lifecycle.build_trainer(r, None, callbacks=[])
+    reads, results = {}, {}
+    for size in (4, 1024):
+        trainer.cfg = trainer.cfg.model_copy(update={"eval_batch_size": size})
+        calls.clear()
+        state["trainer"] = trainer
+        results[size] = trainer.evaluate("val")
+        state["trainer"] = None
+        reads[size] = len(calls)
+    assert len(trainer.data.val) > 4 * 30 and reads[4] == reads[1024] > 0, reads
+    assert results[4]["loss"] == pytest.approx(results[1024]["loss"], rel=1e-5)
+    assert results[4]["accuracy"] == results[1024]["accuracy"]

@@ -105,7 +105,11 @@ def test_the_command_chooses_before_torch_loads(tmp_path):
     assert "threads: 1, wait policy PASSIVE (auto: 1 of 4 CPUs free, idle time over 0.2 s)" in p.stdout
     recorded = json.loads((out / "env.json").read_text())["threads"]
     assert recorded == {"threads": 1, "wait_policy": "PASSIVE", "reason": "auto: 1 of 4 CPUs free, idle time over 0.2 s"}
-    assert json.loads((out / "bill.json").read_text())["device"]["threads"] == recorded
+    bill = json.loads((out / "bill.json").read_text())
+    assert bill["device"]["threads"] == recorded
+    from powertrain.measure.bill import format_bill
+
+    assert "CPU threads               1, wait policy PASSIVE (auto: 1 of 4 CPUs free" in format_bill(bill)
 
 
 def test_import_powertrain_loads_no_torch_and_train_stays_the_function():

@@ -131,3 +131,21 @@ def test_the_html_report_says_it_in_the_same_words(monkeypatch):
     bill = bill_of([NvmlBackend(nvml=nvml), estimate(clock)], during)
     page = bill_html(SimpleNamespace(bill=bill, status={}, eval=None))
     assert "85% measured (NVML); CPU and DRAM estimated" in page and "ESTIMATED" not in page
+
+
+def test_powertrain_runs_marks_estimated_and_partly_measured_energy(monkeypatch):
+    """`powertrain runs`' energy column: '(est.)' only where no joule was measured, the measured share where
+    part was, nothing where all was (the same bills as above, read back through the run listing)."""
+    from powertrain.run.listing import _how
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    clock, nvml = Clock(), FakeNvml([0])
+
+    def during():
+        clock.advance()
+        nvml.energy_mj[0] += 85_000
+
+    mixed = energy_share(bill_of([NvmlBackend(nvml=nvml), estimate(clock)], during)["energy"])["share"]
+    estimated = energy_share(bill_of([estimate(clock)], clock.advance)["energy"])["share"]
+    assert (_how(mixed), _how(estimated), _how(1.0), _how(None)) == (" (85% meas.)", " (est.)", "", "")
+    assert _how(0.9999) == " (99% meas.)"  # never rounds up to 'all measured'

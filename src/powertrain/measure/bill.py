@@ -276,6 +276,11 @@ def format_bill(bill: dict) -> str:
         ("MFU", (f"{m['value']:.2%} of {_si(peak['flops_per_s'], 'FLOP/s')} ({peak['device']}, {peak['dtype']}; "
                  f"{peak['source']})") if m["value"] is not None else m["note"]),
         ("peak memory", f"{_si(bill['peak_memory']['peak_bytes'], 'B')} ({bill['peak_memory']['method']})"),
+    ]
+    th = (bill.get("device") or {}).get("threads")
+    if th and bill["device"].get("type") == "cpu":  # how many CPU threads, and why (measure/hardware.use_threads)
+        rows.append(("CPU threads", f"{th['threads']}, wait policy {th['wait_policy']} ({th['reason']})"))
+    rows += [
         ("energy", f"{_si(e['total_j'], 'J')}  [{e['method']}]" if e["total_j"] is not None else "not measured"),
     ]
     for name, c in e.get("components", {}).items():

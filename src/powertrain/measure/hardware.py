@@ -26,6 +26,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise RecipeError(f"train.device: '{name}' is not a device; expected auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError(f"train.device: '{name}' requested but no CUDA GPU is visible; use train.device=cpu or auto")
+    if dev.type == "cuda" and dev.index is None:  # 'cuda' is this process's GPU (its LOCAL_RANK's under torchrun)
+        return torch.device("cuda", torch.cuda.current_device())
     return dev
 
 

@@ -75,7 +75,10 @@ def describe(path: str | Path, root: str | Path = ".") -> dict:
                 row["metric"], row["value"] = f"val {name} (step {last[-1]['step']})", last[-1]["val"][name]
         bill = run.read("bill", required=False)
         if bill:
+            from ..measure.bill import energy_share
+
             row["energy_j"], row["energy_method"] = bill["energy"].get("total_j"), bill["energy"].get("method")
+            row["energy_measured"] = (energy_share(bill["energy"]) or {}).get("share")  # of the joules, 0..1
     except (RunDirError, OSError, KeyError, TypeError) as e:
         row["state"], row["note"] = "damaged", str(e)
     return row
@@ -107,6 +110,13 @@ def _energy(j) -> str:
     return _si(j, "J")
 
 
+def _how(share) -> str:
+    """' (est.)' when no joule was measured, ' (99% meas.)' when part was, '' when all were (or unknown)."""
+    if share is None or share == 1.0:
+        return ""
+    return " (est.)" if share == 0 else f" ({min(share, 0.99):.0%} meas.)"
+
+
 def format_runs(rows: list[dict], root: str | Path = "runs") -> str:
     if not rows:
         return f"no runs under '{root}' (train one: powertrain train digits-mlp)"
@@ -116,7 +126,7 @@ def format_runs(rows: list[dict], root: str | Path = "runs") -> str:
         metric = f"{r['metric']} {r['value']:.4g}" if r["value"] is not None else "-"
         state = r["state"] + (f" ({r['kind']})" if r["kind"] not in ("trained", "?") else "")
         body.append([r["run"], r["recipe"], state, "-" if r["step"] is None else str(r["step"]), metric,
-                     _energy(r["energy_j"]) + (" (est.)" if "estimated" in str(r["energy_method"]) else ""),
+                     _energy(r["energy_j"]) + _how(r.get("energy_measured")),
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"]))])
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]

@@ -92,8 +92,9 @@ def init_process_group(world_of_one: bool = False) -> bool:
     cuda = torch.cuda.is_available()
     backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
     if "RANK" in os.environ and "MASTER_ADDR" in os.environ:
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if cuda and local < torch.cuda.device_count():  # a CPU job may start more ranks than there are GPUs
+            torch.cuda.set_device(local)
         # torchrun's store outlives a restart of the workers: without a prefix per attempt, the restarted
         # ranks read each other's addresses of the attempt before (dead processes) and fail to connect
         store, rank, world = next(dist.rendezvous("env://"))

@@ -129,8 +129,8 @@ class Trainer(Outcome, TrainState, AutoPrecision):
                                   f"'{self.task}'; expected one of {', '.join(sorted(names))}")
 
     # ------------------------------------------------------------ the step
-    def forward(self, batch: tuple) -> torch.Tensor:
-        return self.forward_model(batch[0])
+    def forward(self, batch: tuple) -> torch.Tensor:  # evaluation runs eager: no second (eval-mode) compile
+        return (self.forward_model if self.model.training else getattr(self.forward_model, "_orig_mod", self.forward_model))(batch[0])
 
     def compute_loss(self, batch: tuple, outputs) -> torch.Tensor:
         """Mean loss of a batch: the model's own `compute_loss(batch, outputs)` if it has one

@@ -64,7 +64,7 @@ class Outcome:
         was_training = self.model.training
         self.model.eval()
         metrics = TaskMetrics(self.task, self.num_classes)
-        loss_sum, n = 0.0, 0
+        losses, counts = [], []  # per batch, on the device: read once at the end (no host sync per batch)
         window = "eval" if self._in_fit else "final_eval"
         if self.meter:
             self.meter.begin(window)
@@ -75,14 +75,15 @@ class Outcome:
                     loss = self.compute_loss(batch, outputs)
                 k = self.strategy.eval_samples(batch)
                 if k:
-                    loss_sum += float(loss) * k
-                    n += k
+                    losses.append(loss.detach().float())
+                    counts.append(k)
                     metrics.update(outputs[0] if isinstance(outputs, (tuple, list)) else outputs, batch[-1])
+            loss_sum = sum(v * k for v, k in zip(torch.stack(losses).tolist() if losses else [], counts))
         finally:
             self.model.train(was_training)
             if self.meter:
-                self.meter.end(window, flops=n * self.forward_flops_per_sample)
-        loss_sum, n = self.strategy.reduce([loss_sum, n], self.device)  # torchmetrics syncs its own states
+                self.meter.end(window, flops=sum(counts) * self.forward_flops_per_sample)
+        loss_sum, n = self.strategy.reduce([loss_sum, sum(counts)], self.device)  # torchmetrics syncs its own states
         n = int(n)
         self.eval_samples[window] += n
         result = {"loss": loss_sum / max(n, 1), **metrics.compute()}
