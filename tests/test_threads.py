@@ -45,7 +45,7 @@ def test_explicit_count_and_the_users_environment_win(fresh):
     assert settings.choose_threads(3, free=never, cpus=4, environ={}).threads == 3
     env = {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"}
     c = settings.choose_threads("auto", free=never, cpus=4, environ=env)
-    assert (c.threads, c.wait_policy) == (2, "ACTIVE") and "OMP_NUM_THREADS=2" in c.reason
+    assert (c.threads, c.wait_policy) == (None, "ACTIVE") and "OMP_NUM_THREADS=2" in c.reason  # torch read it
     assert settings.choose_threads(1, free=never, cpus=4, environ=env).threads == 1  # train.threads=1 sets torch's count
     kept = settings.choose_threads("auto", keep=2, free=lambda: 1.0, cpus=4, environ={})
     assert (kept.threads, kept.wait_policy) == (2, "PASSIVE") and "same bits" in kept.reason
@@ -78,6 +78,10 @@ def test_use_threads_applies_and_records(fresh, monkeypatch):
     assert "note" in rec  # PASSIVE suits the machine, but torch loaded first in this process: said, not claimed
     assert rec["wait_policy"] == "OpenMP's default"
     assert use_threads(2)["threads"] == 2 == torch.get_num_threads()  # an explicit count wins over the choice
+    settings._chosen = None
+    torch.set_num_threads(1)  # the caller's own choice, with no busy CPU: auto leaves it
+    monkeypatch.setattr(settings, "free_cpus", lambda: 64.0)
+    assert use_threads("auto")["threads"] == 1
 
 
 CHILD = r"""

@@ -167,10 +167,9 @@ def choose_threads(requested: int | str = "auto", *, keep: Optional[int] = None,
     global _chosen
     cpus = usable_cpus() if cpus is None else cpus
     user_n, user_policy = environ.get("OMP_NUM_THREADS", "").strip(), environ.get("OMP_WAIT_POLICY", "").strip()
-    if user_n or user_policy:  # the user's settings, as OpenMP reads them
-        n = int(user_n) if user_n.isdigit() and int(user_n) >= 1 else None
+    if user_n or user_policy:  # the user's settings: torch read them when it loaded (a later set_num_threads stands too)
         said = " and ".join(f"{k}={v}" for k, v in (("OMP_NUM_THREADS", user_n), ("OMP_WAIT_POLICY", user_policy)) if v)
-        _chosen = ThreadChoice(int(requested) if requested != "auto" else n, user_policy or None,
+        _chosen = ThreadChoice(int(requested) if requested != "auto" else None, user_policy or None,
                                f"{said} in the environment" + (f"; train.threads={requested}" if requested != "auto" else ""))
         return _chosen
     if requested != "auto":

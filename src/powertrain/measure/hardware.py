@@ -91,13 +91,15 @@ def use_threads(requested: int | str = "auto", keep: int | None = None) -> dict:
 
     The choice is made once per process (the command makes it before torch loads, so OpenMP's wait policy
     applies too; else the first Trainer does); an explicit count, or a resumed run's own count (`keep`),
-    that differs from it is applied instead. Same thread count, same bits: the count is part of a CPU run's
+    that differs from it is applied instead. 'auto' only ever lowers torch's count (a caller's own
+    torch.set_num_threads stands otherwise). Same thread count, same bits: the count is part of a CPU run's
     reproducibility."""
     choice = chosen_threads()
-    now = lambda c: c.threads or torch.get_num_threads()  # noqa: E731  (None: torch's default)
+    now = lambda c: c.threads or torch.get_num_threads()  # noqa: E731  (None: torch's count as it is)
     if choice is None or (requested != "auto" and now(choice) != requested) or (keep and now(choice) != keep):
         choice = choose_threads(requested, keep=keep)
-    if choice.threads is not None and choice.threads != torch.get_num_threads():
+    exact = requested != "auto" or keep is not None
+    if choice.threads is not None and (choice.threads < torch.get_num_threads() or exact):
         torch.set_num_threads(choice.threads)
     policy = os.environ.get("OMP_WAIT_POLICY")
     record = {"threads": torch.get_num_threads(), "wait_policy": policy or "OpenMP's default", "reason": choice.reason}
