@@ -110,6 +110,11 @@ def table(rows: list[dict]) -> str:
     return "\n".join(head + [row_line(r) for r in rows])
 
 
+def verdict(rows: list[dict]) -> str:
+    worst = max(r["busy1_s"] / r["alone_s"] for r in rows if r["runner"] == "powertrain")
+    return f"{'met' if worst <= 1.5 else 'NOT met'} (worst {worst:.2f}x)"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=1, help="runs per cell, the fastest kept (default 1)")
@@ -125,7 +130,7 @@ def main() -> None:
                       f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}, load average {load:.1f} before the runs; "
                       f"wall time of the whole command, fastest of {a.repeats}; the plain loop uses torch's default "
                       f"threads and OpenMP settings, powertrain its own choice (train.threads: auto). Goal: "
-                      f"powertrain beside one busy process <= 1.5x its time alone.\n"
+                      f"powertrain beside one busy process <= 1.5x its time alone: {verdict(rows)}.\n"
                       f"Command: `python bench/busy.py`\n\n{text}")
 
 

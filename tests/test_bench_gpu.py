@@ -15,12 +15,15 @@ def test_dry_run_prints_every_row():
     p = subprocess.run([sys.executable, "gpu.py", "--dry-run"], cwd=BENCH, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [line for line in p.stdout.splitlines() if line.startswith("| ")]
-    names = ["check", "GPT tokens/s", "NVML energy", "first loss, fp32 vs bf16", "AdamW fused", "torch.compile",
-             "resumed, vs uninterrupted", "fashion-resnet"]
+    names = ["check", "GPT tokens/s", "GPT tokens/s", "NVML energy", "first loss, fp32 vs bf16", "AdamW fused",
+             "torch.compile", "resumed, vs uninterrupted", "fashion-resnet"]
     assert len(rows) == len(names) and all(n in r for n, r in zip(names, rows)), rows
-    cells = [c.strip() for c in rows[1].split("|")[1:-1]]
-    plain, ours, ratio = (float(c.split()[0].replace(",", "")) for c in cells[1:])
-    assert plain > 0 and ours > 0 and ratio == pytest.approx(ours / plain, rel=0.01, abs=0.001)  # timing: no bar here
+    for row in rows[1:3]:  # eager, then compiled
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        plain, ours, ratio = (float(c.split()[0].replace(",", "")) for c in cells[1:])
+        assert plain > 0 and ours > 0 and ratio == pytest.approx(ours / plain, rel=0.01, abs=0.001)  # no timing bar
+    assert "eager" in rows[1] and "compiled (eager backend), 0 graph breaks" in rows[2]
+    rows = rows[:1] + rows[2:]  # the rows below keep their places
     assert "no GPU: not measured" in rows[2]
     fp32, bf16 = (float(c) for c in rows[3].split("|")[2:4])
     assert math.isfinite(fp32) and math.isfinite(bf16) and fp32 > 0 and bf16 > 0

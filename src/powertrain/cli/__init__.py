@@ -113,6 +113,8 @@ def threads_before_torch(argv: list[str]) -> None:
 
     if "torch" in sys.modules or not argv or argv[0] not in TRAINING or {"-h", "--help"} & set(argv):
         return
+    if any(a == "--nproc" or a.startswith("--nproc=") for a in argv):  # torchrun gives each rank its threads
+        return
     asked = [a.split("=", 1)[1] for a in argv if a.startswith("train.threads=")]
     requested = int(asked[-1]) if asked and asked[-1].isdigit() and int(asked[-1]) >= 1 else "auto"  # else refused later
     keep = None
