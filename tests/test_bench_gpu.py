@@ -16,7 +16,8 @@ def test_dry_run_prints_every_row():
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [line for line in p.stdout.splitlines() if line.startswith("| ")]
     names = ["check", "GPT tokens/s", "GPT tokens/s", "NVML energy", "first loss, fp32 vs bf16", "AdamW fused",
-             "torch.compile", "resumed, vs uninterrupted", "fashion-resnet"]
+             "torch.compile", "resumed, vs uninterrupted", "fashion-speedrun train.epochs=1",
+             "fashion-speedrun train.compile=reduce-overhead", "fashion-speedrun train.compile=reduce-overhead"]
     assert len(rows) == len(names) and all(n in r for n, r in zip(names, rows)), rows
     for row in rows[1:3]:  # eager, then compiled
         cells = [c.strip() for c in row.split("|")[1:-1]]
@@ -30,6 +31,7 @@ def test_dry_run_prints_every_row():
     assert "fused expected: False" in rows[4] and "fused: False" in rows[4] and "as expected" in rows[4]
     assert "no recompilation" in rows[5]  # frames compiled after step 1 and in evaluation (eager): 0
     assert rows[6].endswith("| bit-equal |")  # on the CPU a resumed run is the uninterrupted one, bit for bit
+    assert all("whole command" in r for r in rows[7:]), rows[7:]  # the real command on IDX files: no failure
 
 
 def test_energy_row_matches_a_raw_counter(monkeypatch):

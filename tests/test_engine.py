@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 import powertrain
 from powertrain import Callback, TrainConfig, Trainer, data, models
-from powertrain.errors import NonFiniteLoss
+from powertrain.errors import NonFiniteLoss, RecipeError
 from powertrain.models.check import ShapeError
 from seed_models import ConvNet
 
@@ -158,3 +158,14 @@ def test_compile_opt_in(tiny_digits):
     rec = Losses()
     t = Trainer(make_mlp(tiny_digits.meta), tiny_digits, TrainConfig(max_steps=3, compile=True), callbacks=[rec]).fit()
     assert t.forward_model is not t.model and len(rec.values) == 3
+
+
+def test_a_compile_mode_reaches_torch_compile_and_a_bad_one_is_one_line(tiny_digits, monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: seen.append(kw) or m)
+    Trainer(make_mlp(tiny_digits.meta), tiny_digits, TrainConfig(max_steps=1, compile="reduce-overhead"), callbacks=[])
+    Trainer(make_mlp(tiny_digits.meta), tiny_digits, TrainConfig(max_steps=1, compile=True), callbacks=[])
+    assert seen == [{"mode": "reduce-overhead"}, {}]
+    for bad in ("fast", 1):
+        with pytest.raises(RecipeError, match=r"^train\.compile: expected true, false or a torch\.compile mode"):
+            powertrain.load_recipe("digits-mlp", [f"train.compile={bad}"])

@@ -69,6 +69,9 @@ class PrivacyConfig(Strict):
         return self
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 class TrainConfig(Strict):
     """How to train. Steps count optimizer updates; `batch_size` is the batch per update."""
 
@@ -93,7 +96,7 @@ class TrainConfig(Strict):
     pct_start: float = Field(0.3, gt=0, lt=1)  # onecycle: fraction of steps rising
     grad_clip: Optional[float] = Field(None, gt=0)  # max global grad norm
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    compile: bool = False  # torch.compile the model
+    compile: Any = False  # torch.compile: true (its default mode) or a mode of COMPILE_MODES (reduce-overhead: CUDA graphs)
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     threads: Any = "auto"  # CPU threads: a whole number >= 1, or auto: the CPUs free at the start (settings.py)
     strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"  # auto: ddp when torchrun starts > 1 process
@@ -108,6 +111,13 @@ class TrainConfig(Strict):
     privacy: Optional[PrivacyConfig] = None  # differentially private training, DP-SGD (train/privacy.py)
     freeze: list[str] = []  # glob patterns over parameter names (e.g. "0.*"): those get no updates
     backbone_lr_mult: Optional[float] = Field(None, gt=0)  # LR multiplier of the parameters loaded by model.init_from
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, v):
+        if isinstance(v, bool) or v in COMPILE_MODES:
+            return v
+        raise ValueError(f"expected true, false or a torch.compile mode ({', '.join(COMPILE_MODES)})")
 
     @field_validator("threads", mode="before")
     @classmethod

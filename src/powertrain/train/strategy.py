@@ -26,14 +26,22 @@ from . import distributed, sharded
 from .distributed import Dist
 
 
+
+def compiled(model: nn.Module, compile: bool | str) -> nn.Module:
+    """train.compile: False -> the model; True -> torch.compile's default mode; a string -> that mode
+    ('reduce-overhead': CUDA graphs replay each step's kernels in one launch)."""
+    if not compile:
+        return model
+    return torch.compile(model) if compile is True else torch.compile(model, mode=compile)
+
 class Single:
     """One process: everything as a plain PyTorch loop does it."""
 
     def __init__(self, dist: Dist = distributed.SINGLE):
         self.dist = dist
 
-    def wrap(self, model: nn.Module, compile: bool, device: torch.device, precision: str, seed: int) -> Callable:
-        return torch.compile(model) if compile else model
+    def wrap(self, model: nn.Module, compile: bool | str, device: torch.device, precision: str, seed: int) -> Callable:
+        return compiled(model, compile)
 
     def share_path(self, path: Optional[Path]) -> Optional[Path]:
         return path
@@ -102,7 +110,7 @@ class DDP(Single):
     def wrap(self, model, compile, device, precision, seed):
         distributed.seed_rank(seed, self.dist.rank)  # rank r > 0 gets its own RNG stream (dropout, augmentation)
         wrapped = self._wrap_model(model, device, precision)
-        self._wrapped = torch.compile(wrapped) if compile else wrapped
+        self._wrapped = compiled(wrapped, compile)
         return self._forward
 
     def _forward(self, x):
