@@ -2,18 +2,16 @@
 Hugging Face datasets and numpy arrays, each through a real fit checked against an independent
 reference (a plain PyTorch loop, or the same data given as tensors); resume with the Trainer's sampler
 and with a user's DataLoader equals an uninterrupted run."""
-import os
-import signal
-
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import powertrain
-from powertrain import Callback, Trainer, TrainConfig
+from powertrain import Trainer, TrainConfig
 from powertrain.data import DataBundle
 from powertrain.errors import DataError
+from interrupt import InterruptAt  # tests/interrupt.py
 
 N, D = 96, 6
 _g = torch.Generator().manual_seed(0)
@@ -128,15 +126,6 @@ def test_what_cannot_be_inferred_is_one_line():
         DataBundle.from_dataset(DictDataset(), target="nope")
     with pytest.raises(DataError, match="expected a DataBundle, a DataLoader"):
         Trainer(model(), {"x": X}, TrainConfig(), callbacks=[])
-
-
-class InterruptAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, loss):
-        if trainer.step == self.step - 1:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def resumed_equals_uninterrupted(make_data, tmp_path) -> tuple[Trainer, Trainer]:

@@ -3,21 +3,20 @@ timer, both ways), the choice is recorded (bill, checkpoint) and said, the probe
 run's weights and RNG untouched, and a resumed run uses the recorded precision without probing again."""
 import io
 import json
-import os
-import signal
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import powertrain
-from powertrain import Callback, Trainer
+from powertrain import Trainer
 from powertrain.train import precision as autoprecision
 from powertrain.api import load_trainer
 from powertrain.train.callbacks import Progress
 from powertrain.data import DataBundle
 from powertrain.recipe import TrainConfig
 from powertrain.run.rundir import RunDir
+from interrupt import InterruptAt  # tests/interrupt.py
 
 ARGS = ["train.epochs=2", "train.checkpoint_every_steps=5", "train.log_every=4",  # digits-mlp: dropout, 21 steps/epoch
         "train.device=cpu"]  # the probe is the CPU's: on a GPU 'auto' is bf16 by the hardware, never probed
@@ -108,15 +107,6 @@ def test_auto_trains_as_the_precision_it_chose_and_records_it(explicit, tmp_path
     assert trainer.precision == expected and trainer.precision_note == bill["device"]["precision_auto"]
     assert powertrain.evaluate(run)["loss"] == pytest.approx(json.loads((run / "eval.json").read_text())["test"]["loss"],
                                                               rel=1e-6)
-
-
-class InterruptAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, loss):
-        if trainer.step == self.step - 1:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_resume_uses_the_recorded_precision_and_does_not_probe_again(explicit, tmp_path, monkeypatch):

@@ -11,7 +11,6 @@ stand in), and each takes seconds on a datacentre GPU.
 """
 import json
 import os
-import signal
 import sys
 import time
 
@@ -22,6 +21,7 @@ from safetensors.torch import load_file
 import powertrain
 from powertrain import Callback, TrainConfig, Trainer, data, models
 from powertrain.run.rundir import RunDir
+from interrupt import InterruptAt  # tests/interrupt.py
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="gpu tier: torch.cuda.is_available() is False")]
@@ -119,15 +119,6 @@ def test_compile_trains_and_evaluation_compiles_nothing(digits):
     before = counters["frames"]["ok"]
     t.evaluate("val")
     assert counters["frames"]["ok"] == before, "an evaluation compiled"
-
-
-class InterruptAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, loss):
-        if trainer.step == self.step - 1:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_resume_on_the_gpu_ends_where_an_uninterrupted_run_does(tmp_path):

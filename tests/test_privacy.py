@@ -3,8 +3,6 @@ mean over the expected batch), epsilon against Opacus's accountant computed here
 a resumed private run equal to an uninterrupted one, Opacus's layer fixes noted (BatchNorm, GRU) or
 refused in one line, Poisson batches that may be empty, and the one-line refusals."""
 import json
-import os
-import signal
 import sys
 
 import pytest
@@ -15,11 +13,12 @@ from torch import nn
 pytest.importorskip("opacus")
 
 import powertrain  # noqa: E402
-from powertrain import Callback, DataBundle, TrainConfig  # noqa: E402
+from powertrain import DataBundle, TrainConfig  # noqa: E402
 from powertrain.cli import main  # noqa: E402
 from powertrain.errors import RecipeError  # noqa: E402
 from powertrain.train.privacy import PoissonSplit, PrivateTrainer, private_model  # noqa: E402
 from powertrain.run.rundir import RunDir  # noqa: E402
+from interrupt import InterruptAt  # tests/interrupt.py
 
 QUICK = ["train.epochs=2", "train.batch_size=128", "train.log_every=5", "train.device=cpu", "data.test_fraction=0.5"]
 
@@ -90,15 +89,6 @@ def test_epsilon_against_opacus_accountant_computed_here(private_run):
     # the per-sample gradients' FLOPs are on the bill, above a plain step's
     assert p["cost"]["flops_ratio"] > 1.1
     assert private_run.bill["flops"]["train_total"] == p["samples_drawn"] * p["cost"]["flops_per_sample_train"]
-
-
-class InterruptAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, loss):
-        if trainer.step == self.step - 1:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_resumed_private_run_equals_an_uninterrupted_one(private_run, tmp_path):
