@@ -123,7 +123,8 @@ def test_pruning_stops_the_run_and_keeps_its_bill(tmp_path):
         assert r["saved_energy_j"] == pytest.approx(fit_j / bill["steps"] * 3 * bill["steps"])
 
 
-def test_two_workers_lose_and_repeat_no_trial(tmp_path):
+def test_two_workers_lose_and_repeat_no_trial(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS")  # the suite's pin: the sweep shares the CPUs among its workers instead
     sweep = _sweep(tmp_path, trials=6)
     run_sweep(sweep, workers=2, say=lambda line: None)
     study, _ = sweep.studies()
@@ -132,8 +133,10 @@ def test_two_workers_lose_and_repeat_no_trial(tmp_path):
     dirs = [t.user_attrs["run_dir"] for t in trials]
     assert len(set(dirs)) == 6 and sorted(Path(d).name for d in dirs) == sorted(p.name for p in sweep.trials_dir.iterdir())
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
     for d in dirs:
         assert (Path(d) / "eval.json").is_file() and (Path(d) / "bill.json").is_file()
+        assert json.loads((Path(d) / "env.json").read_text())["threads"]["threads"] == share
 
 
 def test_sweep_killed_mid_trial_resumes(tmp_path):

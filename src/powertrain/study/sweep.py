@@ -35,6 +35,7 @@ from typing import Optional
 from ..run.atomic import write_json
 from ..train.callbacks import Callback
 from ..errors import PowertrainError, RecipeError, RunDirError
+from ..settings import usable_cpus
 from ..run.records import read_json
 from . import journal
 from .space import Dim, check_space, parse_space
@@ -385,7 +386,9 @@ def run_sweep(sweep: Sweep, workers: int = 1, say=print) -> dict:
         sweep.work(say)
     else:
         cmd = [sys.executable, "-m", "powertrain", "sweep", "--resume", str(sweep.path), "--worker"]
-        procs = [subprocess.Popen(cmd) for _ in range(workers)]
+        env = {**os.environ}  # the CPUs shared among the workers (your own OMP_NUM_THREADS wins)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // workers)))
+        procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
         codes = [p.wait() for p in procs]
         if any(codes):
             raise PowertrainError(f"sweep {sweep.path}: worker exit codes {codes}; finished trials are kept: "
