@@ -200,8 +200,9 @@ def measure_cpu_peak(dtype: str = "fp32", target_s: float = 0.4, repeats: int = 
         best = max(best, 2 * n**3 / (time.perf_counter() - t0))
     threads = torch.get_num_threads()
     today = _dt.date.today().isoformat()
-    return Peak(f"cpu: {cpu_model_name()} ({threads} threads)", dtype, best,
-                f"measured: {n}x{n} {dtype} matmul, best of {repeats}, {threads} threads, "
+    threads = f"{threads} thread{'s' if threads != 1 else ''}"
+    return Peak(f"cpu: {cpu_model_name()} ({threads})", dtype, best,
+                f"measured: {n}x{n} {dtype} matmul, best of {repeats}, {threads}, "
                 f"torch {torch.__version__}, {today}")
 
 
