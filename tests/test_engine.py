@@ -169,3 +169,34 @@ def test_a_compile_mode_reaches_torch_compile_and_a_bad_one_is_one_line(tiny_dig
     for bad in ("fast", 1):
         with pytest.raises(RecipeError, match=r"^train\.compile: expected true, false or a torch\.compile mode"):
             powertrain.load_recipe("digits-mlp", [f"train.compile={bad}"])
+
+
+def test_under_ddp_training_runs_the_compiled_module_and_evaluation_the_eager_one(monkeypatch):
+    """A job's strategy (no process group needed: the DDP wrapper is stood in by the model itself) routes the
+    forward pass by the model's mode, as the one-process Trainer does: no eval-mode graph is ever compiled."""
+    from powertrain.train import distributed, strategy
+
+    calls = []
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            calls.append("compiled")
+            return self.inner(x)
+
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: Compiled(m))
+    monkeypatch.setattr(distributed, "seed_rank", lambda seed, rank: None)
+    s = strategy.DDP(distributed.Dist("ddp", rank=0, world_size=2))
+    monkeypatch.setattr(s, "_wrap_model", lambda model, device, precision: model)
+    model = torch.nn.Linear(3, 2)
+    forward = s.wrap(model, True, torch.device("cpu"), "fp32", 0)
+    x = torch.randn(4, 3)
+    forward(x)
+    model.eval()
+    assert torch.equal(forward(x), model(x)) and calls == ["compiled"]
+    model.train()
+    forward(x)
+    assert calls == ["compiled", "compiled"]

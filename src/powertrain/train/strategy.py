@@ -103,6 +103,8 @@ class DDP(Single):
         super().__init__(dist)
         self._grad_scale, self._shares = 1.0, (0, 0)
         self._wrapped: Optional[nn.Module] = None
+        self._eager: Optional[nn.Module] = None  # the DDP/FSDP module without compile: evaluation runs it
+        self._model: Optional[nn.Module] = None
 
     def _wrap_model(self, model: nn.Module, device: torch.device, precision: str) -> nn.Module:
         return distributed.wrap_ddp(model, device)
@@ -110,11 +112,11 @@ class DDP(Single):
     def wrap(self, model, compile, device, precision, seed):
         distributed.seed_rank(seed, self.dist.rank)  # rank r > 0 gets its own RNG stream (dropout, augmentation)
         wrapped = self._wrap_model(model, device, precision)
-        self._wrapped = compiled(wrapped, compile)
+        self._model, self._eager, self._wrapped = model, wrapped, compiled(wrapped, compile)
         return self._forward
 
     def _forward(self, x):
-        out = self._wrapped(x)
+        out = (self._wrapped if self._model.training else self._eager)(x)  # evaluation eager: no second compile
         return out if self._grad_scale == 1.0 else distributed.scale_grad(out, self._grad_scale)
 
     def share_path(self, path):
