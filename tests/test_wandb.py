@@ -3,6 +3,7 @@
 metrics.jsonl's, the bill's figures, and the bill and eval.json in the summary and as files."""
 import json
 import struct
+import time
 
 import pytest
 
@@ -11,9 +12,25 @@ pytest.importorskip("wandb")
 import powertrain  # noqa: E402
 
 
-def read_wandb(path) -> list:
-    """The Records of a .wandb file: a 7-byte header (':W&B', magic, version), then 32 KiB blocks of chunks
-    (crc32 4 bytes, length 2, type 1: full, first, middle, last), as W&B's store writes them."""
+def read_wandb(path, tries: int = 20) -> list:
+    """The Records of a .wandb file, read again (0.25 s apart) until its exit record is there: W&B's service may
+    still be appending its last records after `finish` returned (a cut-short record at the end: seen once in CI)."""
+    from google.protobuf.message import DecodeError
+
+    for _ in range(tries - 1):
+        try:
+            records = _records(path)
+            if any(r.WhichOneof("record_type") == "exit" for r in records):
+                return records
+        except (DecodeError, EOFError):
+            pass
+        time.sleep(0.25)
+    return _records(path)
+
+
+def _records(path) -> list:
+    """A .wandb file: a 7-byte header (':W&B', magic, version), then 32 KiB blocks of chunks (crc32 4 bytes,
+    length 2, type 1: full, first, middle, last), as W&B's store writes them."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     data, block, pos, out, part = path.read_bytes(), 32768, 7, [], b""
@@ -23,6 +40,8 @@ def read_wandb(path) -> list:
             pos += block - pos % block
             continue
         _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if pos + 7 + length > len(data):
+            raise EOFError(f"{path}: a chunk cut short at byte {pos}")
         chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
         if kind == 0:
             continue
